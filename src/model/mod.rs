@@ -1,0 +1,389 @@
+//! The classifier: loads an ONNX file with tract, finds its head, and runs the backbone.
+//!
+//! The only module that imports tract. [`Model::load`] reads the file once, finds the final
+//! linear layer by inspecting the graph ([`head`]), cuts the graph at the pooled features that
+//! layer reads, optimizes the backbone for a fixed `1 × 3 × S × S` input, and keeps one tract
+//! state for every frame. [`Model::run`] copies an [`InputTensor`] in, runs the backbone and
+//! copies the features into an [`Activations`]; the runtime computes the logits itself.
+//!
+//! # Important notes
+//! - tract's `run` returns owned tensors, and its ops allocate their outputs, so
+//!   [`Model::run`] is the one per-frame step that allocates. Everything before and after it
+//!   reuses buffers sized here.
+//! - Quantized (QDQ) graphs run in tract 0.23 as simulated quantization in `f32`.
+
+mod head;
+mod metadata;
+
+pub use head::HeadSpec;
+pub use metadata::{LABELS_KEY, PREPROCESS_KEY};
+
+use crate::activations::{Activations, Head};
+use crate::tensor::{InputTensor, PreprocessSpec};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+
+/// Why a model could not be loaded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The file could not be read.
+    Read {
+        /// The model file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not an ONNX model.
+    NotOnnx {
+        /// The model file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A gradgate metadata entry is malformed.
+    BadMetadata {
+        /// The model file.
+        path: PathBuf,
+        /// The metadata key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No graph output is produced by a linear layer.
+    NoLinearHead {
+        /// The model file.
+        path: PathBuf,
+        /// The graph outputs and what produces each.
+        outputs: String,
+    },
+    /// The linear layer's input does not come from global pooling.
+    HeadNotPooled {
+        /// The model file.
+        path: PathBuf,
+        /// The linear layer.
+        head: String,
+        /// What was found between the layer and the backbone.
+        found: String,
+    },
+    /// A linear layer was found but gradgate cannot use it.
+    UnsupportedHead {
+        /// The model file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The class names do not match the number of logits.
+    LabelCount {
+        /// The model file.
+        path: PathBuf,
+        /// Number of names in the metadata.
+        labels: usize,
+        /// Number of logits of the head.
+        classes: usize,
+    },
+    /// The backbone's output does not have the head's feature width.
+    FeatureShape {
+        /// The model file.
+        path: PathBuf,
+        /// The backbone output's shape.
+        shape: String,
+        /// The head's feature width D.
+        expected: usize,
+    },
+    /// tract failed at one phase of loading.
+    Tract {
+        /// The model file.
+        path: PathBuf,
+        /// The phase, e.g. "optimize".
+        phase: &'static str,
+        /// tract's error chain.
+        source: anyhow::Error,
+    },
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelError::Read { path, source } => {
+                write!(f, "cannot read model {}: {source}", path.display())
+            }
+            ModelError::NotOnnx { path, reason } => {
+                write!(f, "{} is not an ONNX model: {reason}", path.display())
+            }
+            ModelError::BadMetadata { path, key, reason } => {
+                write!(f, "invalid metadata '{key}' in model {}: {reason}", path.display())
+            }
+            ModelError::NoLinearHead { path, outputs } => write!(
+                f,
+                "no final linear layer in model {}: graph outputs are {outputs}; gradgate needs a \
+                 graph output computed by Gemm, or MatMul then Add, with constant weights after \
+                 global pooling",
+                path.display()
+            ),
+            ModelError::HeadNotPooled { path, head, found } => write!(
+                f,
+                "the {head} in model {} does not read globally pooled features (found {found}); \
+                 gradgate needs GlobalAveragePool, GlobalMaxPool or ReduceMean before the head",
+                path.display()
+            ),
+            ModelError::UnsupportedHead { path, reason } => {
+                write!(f, "unsupported final layer in model {}: {reason}", path.display())
+            }
+            ModelError::LabelCount { path, labels, classes } => write!(
+                f,
+                "model {} names {labels} classes in its metadata but its head has {classes} outputs",
+                path.display()
+            ),
+            ModelError::FeatureShape { path, shape, expected } => write!(
+                f,
+                "backbone of model {} outputs shape {shape}, expected {expected} features for the head",
+                path.display()
+            ),
+            ModelError::Tract { path, phase, source } => {
+                write!(f, "tract failed to {phase} model {}: {source:#}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ModelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ModelError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What the loaded model is, for logs, outputs and calibration files.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, lower-case hex.
+    pub sha256: String,
+    /// How frames must be preprocessed for it.
+    pub preprocess: PreprocessSpec,
+    /// One name per class.
+    pub labels: Vec<String>,
+    /// The head as found in the graph.
+    pub head: String,
+    /// Name of the pooled-feature tensor the backbone is cut at.
+    pub features: String,
+    /// True when the head weights were stored quantized.
+    pub quantized_head: bool,
+    /// Number of nodes of the optimized backbone.
+    pub backbone_nodes: usize,
+}
+
+/// A loaded classifier: the optimized backbone, its head, and one reusable tract state.
+pub struct Model {
+    info: ModelInfo,
+    head: Head,
+    state: TypedSimpleState,
+    /// The tract input tensor, refilled every frame. Invariant: between calls to
+    /// [`Model::run`] this is the only reference, so it can be written in place.
+    input: Arc<Tensor>,
+}
+
+impl Model {
+    /// Loads, inspects and optimizes the model at `path`.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let tract_error = |phase: &'static str| {
+            let path = path.to_path_buf();
+            move |source: anyhow::Error| ModelError::Tract { path: path.clone(), phase, source }
+        };
+
+        // Read the file once: for the hash and for the protobuf.
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let proto = onnx().proto_model_for_read(&mut &bytes[..]).map_err(|e| ModelError::NotOnnx {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        })?;
+        let Some(graph) = proto.graph.as_ref().filter(|g| !g.node.is_empty()) else {
+            return Err(ModelError::NotOnnx { path: path.to_path_buf(), reason: "it contains no graph nodes".into() });
+        };
+
+        // Find the head, then the class names and preprocessing that go with it.
+        let spec = head::find_head(graph, path)?;
+        let head = Head::from_row_major(&spec.weights, &spec.bias, spec.feature_dim)
+            .map_err(|e| ModelError::UnsupportedHead { path: path.to_path_buf(), reason: e.to_string() })?;
+        let labels = match metadata::labels(&proto, path)? {
+            Some(labels) if labels.len() != head.num_classes() => {
+                return Err(ModelError::LabelCount { path: path.to_path_buf(), labels: labels.len(), classes: head.num_classes() })
+            }
+            Some(labels) => labels,
+            None => {
+                log::warn!("model {} has no '{LABELS_KEY}' metadata; classes are named by index", path.display());
+                (0..head.num_classes()).map(|i| format!("class {i}")).collect()
+            }
+        };
+        let preprocess = match metadata::preprocess(&proto, path)? {
+            Some(preprocess) => preprocess,
+            None => {
+                let preprocess = default_preprocess(graph);
+                log::warn!(
+                    "model {} has no '{PREPROCESS_KEY}' metadata; assuming a {} px input, crop fraction 0.875 \
+                     and ImageNet mean and standard deviation",
+                    path.display(),
+                    preprocess.size_px
+                );
+                preprocess
+            }
+        };
+
+        // Cut the graph at the features and optimize it for one fixed-size frame.
+        let size = preprocess.size_px as usize;
+        let dir = path.parent().and_then(Path::to_str);
+        let parsed = onnx().parse(&proto, dir).map_err(tract_error("parse"))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(ModelError::NotOnnx {
+                path: path.to_path_buf(),
+                reason: format!("unresolved inputs {:?}", parsed.unresolved_inputs),
+            });
+        }
+        let model = parsed
+            .model
+            .with_input_fact(0, f32::fact([1, 3, size, size]).into())
+            .and_then(|m| m.with_outputs_by_name([spec.features.as_str()]))
+            .map_err(tract_error("set the input and output of"))?
+            .into_optimized()
+            .map_err(tract_error("optimize"))?;
+        let output_fact = model.output_fact(0).map_err(tract_error("inspect"))?.clone();
+        let feature_count: Option<usize> =
+            output_fact.shape.as_concrete().map(|dims| dims.iter().product());
+        if feature_count != Some(head.feature_dim()) {
+            return Err(ModelError::FeatureShape {
+                path: path.to_path_buf(),
+                shape: format!("{:?}", output_fact.shape),
+                expected: head.feature_dim(),
+            });
+        }
+        let backbone_nodes = model.nodes().len();
+        let plan = model.into_runnable().map_err(tract_error("plan"))?;
+        let state = plan.spawn().map_err(tract_error("start"))?;
+        let input = Arc::new(Tensor::zero::<f32>(&[1, 3, size, size]).map_err(tract_error("allocate input for"))?);
+
+        let info = ModelInfo {
+            path: path.to_path_buf(),
+            sha256,
+            preprocess,
+            labels,
+            head: spec.description,
+            features: spec.features,
+            quantized_head: spec.dequantized,
+            backbone_nodes,
+        };
+        Ok(Model { info, head, state, input })
+    }
+
+    /// What was loaded.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The final linear layer, read from the file.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Runs the backbone on `input` and writes the pooled features into `out`, then computes
+    /// `‖h‖₁` and the logits with [`Activations::finish`].
+    ///
+    /// Allocates inside tract (see the module notes) and nowhere else.
+    pub fn run(&mut self, input: &InputTensor, out: &mut Activations) -> Result<(), InferenceError> {
+        // Write the frame into tract's input tensor in place.
+        let tensor = match Arc::get_mut(&mut self.input) {
+            Some(tensor) => tensor,
+            None => {
+                // Not reached with tract 0.23.9, which drops its input references after
+                // each run; fall back to a fresh tensor rather than fail.
+                log::debug!("tract kept a reference to the input tensor; allocating a new one");
+                let shape = input.shape();
+                self.input = Arc::new(Tensor::zero::<f32>(&shape).map_err(InferenceError::tract)?);
+                Arc::get_mut(&mut self.input).expect("a new Arc is unique")
+            }
+        };
+        let mut view = tensor.try_as_plain_ram_mut().map_err(InferenceError::tract)?;
+        view.as_slice_mut::<f32>().map_err(InferenceError::tract)?.copy_from_slice(input.as_slice());
+        drop(view);
+
+        let outputs = self.state.run(tvec!(TValue::from_const(self.input.clone()))).map_err(InferenceError::tract)?;
+        let view = outputs[0].try_as_plain_ram().map_err(InferenceError::tract)?;
+        out.features_mut().copy_from_slice(view.as_slice::<f32>().map_err(InferenceError::tract)?);
+        drop(view);
+        drop(outputs);
+
+        out.finish(&self.head).map_err(InferenceError::NonFinite)
+    }
+}
+
+/// Why one frame could not be run through the model.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum InferenceError {
+    /// tract reported an error.
+    Tract(String),
+    /// The features or logits contain NaN or infinity.
+    NonFinite(crate::activations::NonFiniteActivation),
+}
+
+impl InferenceError {
+    fn tract(err: anyhow::Error) -> InferenceError {
+        InferenceError::Tract(format!("{err:#}"))
+    }
+}
+
+impl fmt::Display for InferenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InferenceError::Tract(err) => write!(f, "inference failed: {err}"),
+            InferenceError::NonFinite(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for InferenceError {}
+
+/// Preprocessing assumed for a model without gradgate metadata: its static square input size
+/// (or 224), crop fraction 0.875 and the ImageNet mean and standard deviation.
+fn default_preprocess(graph: &tract_onnx::pb::GraphProto) -> PreprocessSpec {
+    use tract_onnx::pb::type_proto::Value;
+    let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let size = graph
+        .input
+        .iter()
+        .find(|i| !initializers.contains(i.name.as_str()))
+        .and_then(|i| match i.r#type.as_ref()?.value.as_ref()? {
+            Value::TensorType(t) => {
+                let dims = &t.shape.as_ref()?.dim;
+                let side = |d: &tract_onnx::pb::tensor_shape_proto::Dimension| match d.value {
+                    Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Some(v),
+                    _ => None,
+                };
+                match (dims.get(2).and_then(side), dims.get(3).and_then(side)) {
+                    (Some(h), Some(w)) if h == w && h > 0 => u32::try_from(h).ok(),
+                    _ => None,
+                }
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        })
+        .unwrap_or(224);
+    PreprocessSpec {
+        size_px: size,
+        crop_fraction: 0.875,
+        mean: [123.675, 116.28, 103.53],
+        std: [58.395, 57.12, 57.375],
+        alpha_background: 255,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

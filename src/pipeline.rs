@@ -1,0 +1,156 @@
+//! The whole per-frame path, with every buffer allocated once.
+
+use crate::activations::Activations;
+use crate::frame::{FrameBuf, FrameLimits};
+use crate::gate::{Gate, Verdict};
+use crate::model::{InferenceError, Model};
+use crate::score::{top1, Scorer, ScorerKind};
+use crate::source::{decode_into, DecodeError, FileReader, ReadError};
+use crate::tensor::{InputTensor, Preprocessor};
+use std::fmt;
+use std::path::Path;
+
+/// Why one frame was skipped. The pipeline stays usable after any of these.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The file could not be read.
+    Read(ReadError),
+    /// The bytes could not be decoded.
+    Decode(DecodeError),
+    /// The model failed or produced non-finite values.
+    Inference(InferenceError),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Read(err) => err.fmt(f),
+            FrameError::Decode(err) => err.fmt(f),
+            FrameError::Inference(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Read(err) => Some(err),
+            FrameError::Decode(err) => Some(err),
+            FrameError::Inference(err) => Some(err),
+        }
+    }
+}
+
+/// What one frame produced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FrameResult {
+    /// The gate's decision.
+    pub verdict: Verdict,
+    /// Index of the top-1 class.
+    pub top1: usize,
+    /// Softmax probability (T = 1) of the top-1 class.
+    pub prob: f32,
+}
+
+/// Owns the model and every per-frame buffer.
+///
+/// Design: each stage is a separate method so that tests and benchmarks can measure them one
+/// by one; [`Pipeline::step`] calls them in data-path order.
+pub struct Pipeline {
+    model: Model,
+    limits: FrameLimits,
+    reader: FileReader,
+    frame: FrameBuf,
+    preprocessor: Preprocessor,
+    input: InputTensor,
+    activations: Activations,
+    scorer: Scorer,
+    gate: Gate,
+}
+
+impl Pipeline {
+    /// Sizes every buffer from the model and `limits`. This is where the pipeline allocates.
+    pub fn new(model: Model, scorer: Scorer, gate: Gate, limits: FrameLimits) -> Pipeline {
+        let spec = model.info().preprocess;
+        let file_bytes = usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX);
+        Pipeline {
+            reader: FileReader::new(file_bytes),
+            frame: FrameBuf::new(limits.pixel_buffer_bytes()),
+            preprocessor: Preprocessor::new(spec, &limits),
+            input: InputTensor::new(spec.size_px),
+            activations: Activations::new(model.head()),
+            model,
+            limits,
+            scorer,
+            gate,
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The scorer in use.
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
+    }
+
+    /// The current frame's activations, valid after [`Pipeline::infer`].
+    pub fn activations(&self) -> &Activations {
+        &self.activations
+    }
+
+    /// The current model input, valid after [`Pipeline::preprocess`].
+    pub fn input(&self) -> &InputTensor {
+        &self.input
+    }
+
+    /// Mutable access to the model input, to feed a tensor prepared elsewhere.
+    pub fn input_mut(&mut self) -> &mut InputTensor {
+        &mut self.input
+    }
+
+    /// Runs one image file through every stage.
+    pub fn step(&mut self, path: &Path) -> Result<FrameResult, FrameError> {
+        self.load_file(path)?;
+        self.preprocess();
+        self.infer()?;
+        Ok(self.decide())
+    }
+
+    /// Reads and decodes an image file into the frame buffer.
+    pub fn load_file(&mut self, path: &Path) -> Result<(), FrameError> {
+        let bytes = self.reader.read(path).map_err(FrameError::Read)?;
+        decode_into(bytes, &self.limits, &mut self.frame).map_err(FrameError::Decode)
+    }
+
+    /// Decodes an encoded image held in memory into the frame buffer.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
+        decode_into(bytes, &self.limits, &mut self.frame).map_err(FrameError::Decode)
+    }
+
+    /// Turns the current frame into the model input.
+    pub fn preprocess(&mut self) {
+        self.preprocessor.fill(&self.frame, &mut self.input);
+    }
+
+    /// Runs the model on the current input and caches features and logits.
+    pub fn infer(&mut self) -> Result<(), FrameError> {
+        self.model.run(&self.input, &mut self.activations).map_err(FrameError::Inference)
+    }
+
+    /// Scores the cached activations and decides.
+    pub fn decide(&self) -> FrameResult {
+        let score = self.scorer.score(&self.activations);
+        let (top1, prob) = top1(self.activations.logits()).unwrap_or((0, 0.0));
+        FrameResult { verdict: self.gate.decide(score), top1, prob }
+    }
+
+    /// Scores the cached activations with every scorer at this pipeline's temperature and
+    /// GradNorm scale, in [`ScorerKind::ALL`] order.
+    pub fn score_all(&self) -> [f32; 4] {
+        ScorerKind::ALL.map(|kind| Scorer { kind, ..self.scorer }.score(&self.activations))
+    }
+}

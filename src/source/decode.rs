@@ -1,0 +1,177 @@
+use crate::frame::{FrameBuf, FrameLimits, PixelFormat};
+use image::{ColorType, ImageDecoder, ImageFormat, ImageReader, Limits};
+use std::fmt;
+use std::io::Cursor;
+
+/// Memory the image crate's decoders may allocate for their own state, in bytes. Their
+/// scratch space is a few rows or blocks of the image, far below this, so the limit only
+/// stops pathological files.
+const DECODER_SCRATCH_LIMIT_BYTES: u64 = 256 << 20;
+
+/// Why an encoded image could not be decoded into a frame.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input has no bytes.
+    Empty,
+    /// The bytes are not JPEG, PNG or WebP.
+    UnsupportedFormat {
+        /// Up to the first 8 bytes, for the message.
+        magic: [u8; 8],
+        /// How many of `magic` are valid.
+        magic_len: usize,
+    },
+    /// The header declares a size above the configured limits.
+    TooLarge {
+        /// Declared width in pixels.
+        width: u32,
+        /// Declared height in pixels.
+        height: u32,
+        /// The limits in force.
+        limits: FrameLimits,
+    },
+    /// The decoded pixels would not fit in the preallocated frame buffer (16-bit formats).
+    BufferTooSmall {
+        /// Declared width in pixels.
+        width: u32,
+        /// Declared height in pixels.
+        height: u32,
+        /// The decoded pixel layout.
+        format: PixelFormat,
+        /// Capacity of the frame buffer in bytes.
+        capacity_bytes: usize,
+    },
+    /// A pixel layout gradgate does not convert (for example 32-bit float).
+    UnsupportedColor(ColorType),
+    /// The data is invalid or truncated.
+    Invalid(image::ImageError),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("file is empty (0 bytes)"),
+            DecodeError::UnsupportedFormat { magic, magic_len } => {
+                f.write_str("unsupported image format (first bytes")?;
+                for byte in &magic[..*magic_len] {
+                    write!(f, " {byte:02x}")?;
+                }
+                f.write_str("): expected JPEG, PNG or WebP")
+            }
+            DecodeError::TooLarge { width, height, limits } => write!(
+                f,
+                "image header declares {width}×{height} px, above the limits of {} px per side \
+                 and {} px in all; downscale the image or raise --max-side-px/--max-pixels",
+                limits.max_side_px, limits.max_pixels
+            ),
+            DecodeError::BufferTooSmall { width, height, format, capacity_bytes } => write!(
+                f,
+                "decoded {width}×{height} {format} image needs {} bytes, but the frame buffer \
+                 holds {capacity_bytes}; raise --max-pixels or convert the image to 8 bits",
+                *width as u64 * *height as u64 * format.bytes_per_pixel() as u64
+            ),
+            DecodeError::UnsupportedColor(color) => write!(
+                f,
+                "unsupported pixel layout {color:?}: expected 8- or 16-bit grey, grey with alpha, \
+                 RGB or RGBA"
+            ),
+            DecodeError::Invalid(err) => write!(f, "invalid or truncated image data: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DecodeError::Invalid(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a JPEG, PNG or WebP image from `bytes` into `out`.
+///
+/// The header is checked against `limits` before any pixel is decoded; on error `out` keeps
+/// its previous frame. gradgate's own code allocates nothing here, but the image crate's
+/// decoders allocate their internal state (Huffman tables, row buffers) on every call.
+pub fn decode_into(bytes: &[u8], limits: &FrameLimits, out: &mut FrameBuf) -> Result<(), DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+
+    // Guess the format from the magic bytes only: file extensions are often wrong.
+    let mut reader = ImageReader::new(Cursor::new(bytes));
+    reader.set_format(match image::guess_format(bytes) {
+        Ok(format @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => format,
+        _ => return Err(unsupported_format(bytes)),
+    });
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_alloc = Some(DECODER_SCRATCH_LIMIT_BYTES);
+    reader.limits(decoder_limits);
+    let decoder = reader.into_decoder().map_err(DecodeError::Invalid)?;
+
+    // Check the declared size before anything is decoded.
+    let (width, height) = decoder.dimensions();
+    if width == 0
+        || height == 0
+        || width > limits.max_side_px
+        || height > limits.max_side_px
+        || u64::from(width) * u64::from(height) > limits.max_pixels
+    {
+        return Err(DecodeError::TooLarge { width, height, limits: *limits });
+    }
+    let format = pixel_format(decoder.color_type())?;
+    let capacity_bytes = out.capacity_bytes();
+    let pixels = out
+        .prepare(width, height, format)
+        .ok_or(DecodeError::BufferTooSmall { width, height, format, capacity_bytes })?;
+
+    decoder.read_image(pixels).map_err(DecodeError::Invalid)
+}
+
+fn unsupported_format(bytes: &[u8]) -> DecodeError {
+    let mut magic = [0u8; 8];
+    let magic_len = bytes.len().min(magic.len());
+    magic[..magic_len].copy_from_slice(&bytes[..magic_len]);
+    DecodeError::UnsupportedFormat { magic, magic_len }
+}
+
+fn pixel_format(color: ColorType) -> Result<PixelFormat, DecodeError> {
+    Ok(match color {
+        ColorType::L8 => PixelFormat::L8,
+        ColorType::La8 => PixelFormat::La8,
+        ColorType::Rgb8 => PixelFormat::Rgb8,
+        ColorType::Rgba8 => PixelFormat::Rgba8,
+        ColorType::L16 => PixelFormat::L16,
+        ColorType::La16 => PixelFormat::La16,
+        ColorType::Rgb16 => PixelFormat::Rgb16,
+        ColorType::Rgba16 => PixelFormat::Rgba16,
+        other => return Err(DecodeError::UnsupportedColor(other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_limits() -> FrameLimits {
+        FrameLimits { max_side_px: 64, max_pixels: 64 * 64, max_file_bytes: 1 << 20 }
+    }
+
+    #[test]
+    fn empty_input_is_rejected() {
+        let mut buf = FrameBuf::new(64);
+        let err = decode_into(&[], &small_limits(), &mut buf).unwrap_err();
+        assert_eq!(err.to_string(), "file is empty (0 bytes)");
+    }
+
+    #[test]
+    fn text_is_an_unsupported_format() {
+        let mut buf = FrameBuf::new(64);
+        let err = decode_into(b"hello, world", &small_limits(), &mut buf).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unsupported image format (first bytes 68 65 6c 6c 6f 2c 20 77): expected JPEG, PNG or WebP"
+        );
+    }
+}
