@@ -66,11 +66,18 @@ impl Head {
     ) -> Result<Head, HeadShapeError> {
         let num_classes = bias.len();
         if num_classes == 0 || feature_dim == 0 || weights.len() != num_classes * feature_dim {
-            return Err(HeadShapeError { weights: weights.len(), bias: bias.len(), feature_dim });
+            return Err(HeadShapeError {
+                weights: weights.len(),
+                bias: bias.len(),
+                feature_dim,
+            });
         }
         // Row c of W, read as column-major data with D rows, is column c of Wᵀ.
         let weights_t = DMatrix::from_column_slice(feature_dim, num_classes, weights);
-        Ok(Head { weights_t, bias: DVector::from_column_slice(bias) })
+        Ok(Head {
+            weights_t,
+            bias: DVector::from_column_slice(bias),
+        })
     }
 
     /// Number of classes C.
@@ -99,8 +106,16 @@ impl Head {
     /// If `features` does not have D values or `logits` does not have C values; buffers built
     /// by [`Activations::new`] for this head always fit.
     pub fn logits_into(&self, features: &DVector<f32>, logits: &mut DVector<f32>) {
-        assert_eq!(features.len(), self.feature_dim(), "feature buffer does not match the head");
-        assert_eq!(logits.len(), self.num_classes(), "logit buffer does not match the head");
+        assert_eq!(
+            features.len(),
+            self.feature_dim(),
+            "feature buffer does not match the head"
+        );
+        assert_eq!(
+            logits.len(),
+            self.num_classes(),
+            "logit buffer does not match the head"
+        );
         logits.copy_from(&self.bias);
         logits.gemv_tr(1.0, &self.weights_t, features, 1.0);
     }
@@ -184,7 +199,11 @@ impl Activations {
 
 fn check_finite(tensor: &'static str, values: &[f32]) -> Result<(), NonFiniteActivation> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(NonFiniteActivation { tensor, index, value: values[index] }),
+        Some(index) => Err(NonFiniteActivation {
+            tensor,
+            index,
+            value: values[index],
+        }),
         None => Ok(()),
     }
 }
@@ -219,7 +238,10 @@ mod tests {
     #[test]
     fn head_rejects_mismatched_sizes() {
         let err = Head::from_row_major(&[1.0; 5], &[0.0; 3], 2).unwrap_err();
-        assert_eq!(err.to_string(), "head weights have 5 values, expected 3 classes × 2 features = 6");
+        assert_eq!(
+            err.to_string(),
+            "head weights have 5 values, expected 3 classes × 2 features = 6"
+        );
     }
 
     #[test]

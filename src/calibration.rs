@@ -172,7 +172,11 @@ pub fn summarize(scores: &[f32]) -> Option<ScoreSummary> {
     let n = sorted.len();
     let rank = |q: f64| sorted[((q * n as f64).floor() as usize).min(n - 1)];
     let mean = sorted.iter().map(|&s| f64::from(s)).sum::<f64>() / n as f64;
-    let variance = sorted.iter().map(|&s| (f64::from(s) - mean).powi(2)).sum::<f64>() / n as f64;
+    let variance = sorted
+        .iter()
+        .map(|&s| (f64::from(s) - mean).powi(2))
+        .sum::<f64>()
+        / n as f64;
     Some(ScoreSummary {
         threshold: rank(1.0 - TARGET_TPR),
         min: sorted[0],
@@ -188,14 +192,22 @@ pub fn summarize(scores: &[f32]) -> Option<ScoreSummary> {
 impl Calibration {
     /// Reads a calibration file.
     pub fn load(path: &Path) -> Result<Calibration, CalibrationError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| CalibrationError::Read { path: path.to_path_buf(), source })?;
-        let calibration: Calibration = serde_json::from_str(&text)
-            .map_err(|e| CalibrationError::Parse { path: path.to_path_buf(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CalibrationError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let calibration: Calibration =
+            serde_json::from_str(&text).map_err(|e| CalibrationError::Parse {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         if calibration.format != FORMAT_VERSION {
             return Err(CalibrationError::Parse {
                 path: path.to_path_buf(),
-                reason: format!("format version {} is not supported; expected {FORMAT_VERSION}", calibration.format),
+                reason: format!(
+                    "format version {} is not supported; expected {FORMAT_VERSION}",
+                    calibration.format
+                ),
             });
         }
         Ok(calibration)
@@ -225,10 +237,12 @@ impl Calibration {
                 requested: temperature,
             });
         }
-        self.scorers
-            .get(scorer.name())
-            .map(|s| s.threshold)
-            .ok_or(CalibrationError::MissingScorer { path: path.to_path_buf(), scorer })
+        self.scorers.get(scorer.name()).map(|s| s.threshold).ok_or(
+            CalibrationError::MissingScorer {
+                path: path.to_path_buf(),
+                scorer,
+            },
+        )
     }
 }
 

@@ -22,7 +22,11 @@ impl Default for FrameLimits {
     /// 8192 px per side, 16.8 Mpx (4096 × 4096) and 64 MiB per file: above any camera frame
     /// gradgate targets, while the preallocated buffers stay under 160 MiB of virtual memory.
     fn default() -> FrameLimits {
-        FrameLimits { max_side_px: 8192, max_pixels: 4096 * 4096, max_file_bytes: 64 << 20 }
+        FrameLimits {
+            max_side_px: 8192,
+            max_pixels: 4096 * 4096,
+            max_file_bytes: 64 << 20,
+        }
     }
 }
 

@@ -43,7 +43,11 @@ impl Gate {
     pub fn decide(&self, score: f32) -> Verdict {
         // `!(a >= b)` rather than `a < b` so that NaN is flagged, never passed.
         let ood = !(score >= self.threshold);
-        Verdict { score, threshold: self.threshold, ood }
+        Verdict {
+            score,
+            threshold: self.threshold,
+            ood,
+        }
     }
 }
 

@@ -120,10 +120,24 @@ impl Pipeline {
         Ok(self.decide())
     }
 
-    /// Reads and decodes an image file into the frame buffer.
+    /// Reads and decodes an image file into the frame buffer: [`Pipeline::read_file`] then
+    /// [`Pipeline::decode_file`].
     pub fn load_file(&mut self, path: &Path) -> Result<(), FrameError> {
-        let bytes = self.reader.read(path).map_err(FrameError::Read)?;
-        decode_into(bytes, &self.limits, &mut self.frame).map_err(FrameError::Decode)
+        self.read_file(path)?;
+        self.decode_file()
+    }
+
+    /// Reads an image file into the file buffer and returns its length in bytes.
+    pub fn read_file(&mut self, path: &Path) -> Result<usize, FrameError> {
+        self.reader
+            .read(path)
+            .map(<[u8]>::len)
+            .map_err(FrameError::Read)
+    }
+
+    /// Decodes the bytes of the last [`Pipeline::read_file`] into the frame buffer.
+    pub fn decode_file(&mut self) -> Result<(), FrameError> {
+        decode_into(self.reader.bytes(), &self.limits, &mut self.frame).map_err(FrameError::Decode)
     }
 
     /// Decodes an encoded image held in memory into the frame buffer.
@@ -136,21 +150,50 @@ impl Pipeline {
         self.preprocessor.fill(&self.frame, &mut self.input);
     }
 
-    /// Runs the model on the current input and caches features and logits.
+    /// Runs the model on the current input and caches features and logits:
+    /// [`Pipeline::infer_backbone`] then [`Pipeline::cache_activations`].
     pub fn infer(&mut self) -> Result<(), FrameError> {
-        self.model.run(&self.input, &mut self.activations).map_err(FrameError::Inference)
+        self.infer_backbone()?;
+        self.cache_activations()
+    }
+
+    /// Runs tract on the current input; the one stage that allocates (inside tract).
+    pub fn infer_backbone(&mut self) -> Result<(), FrameError> {
+        self.model
+            .run_backbone(&self.input)
+            .map_err(FrameError::Inference)
+    }
+
+    /// Copies the backbone's features out of tract and computes `‖h‖₁` and the logits.
+    pub fn cache_activations(&mut self) -> Result<(), FrameError> {
+        self.model
+            .copy_features(&mut self.activations)
+            .map_err(FrameError::Inference)?;
+        self.activations
+            .finish(self.model.head())
+            .map_err(|err| FrameError::Inference(crate::model::InferenceError::NonFinite(err)))
     }
 
     /// Scores the cached activations and decides.
     pub fn decide(&self) -> FrameResult {
         let score = self.scorer.score(&self.activations);
         let (top1, prob) = top1(self.activations.logits()).unwrap_or((0, 0.0));
-        FrameResult { verdict: self.gate.decide(score), top1, prob }
+        FrameResult {
+            verdict: self.gate.decide(score),
+            top1,
+            prob,
+        }
     }
 
     /// Scores the cached activations with every scorer at this pipeline's temperature and
     /// GradNorm scale, in [`ScorerKind::ALL`] order.
     pub fn score_all(&self) -> [f32; 4] {
-        ScorerKind::ALL.map(|kind| Scorer { kind, ..self.scorer }.score(&self.activations))
+        ScorerKind::ALL.map(|kind| {
+            Scorer {
+                kind,
+                ..self.scorer
+            }
+            .score(&self.activations)
+        })
     }
 }

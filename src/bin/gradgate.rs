@@ -21,7 +21,11 @@ use std::time::Instant;
 const BUNDLED_MODEL: &str = "models/efficientnet-lite0-int8.onnx";
 
 #[derive(Parser)]
-#[command(name = "gradgate", version, about = "Flag camera frames that are out of a classifier's distribution")]
+#[command(
+    name = "gradgate",
+    version,
+    about = "Flag camera frames that are out of a classifier's distribution"
+)]
 struct Cli {
     /// More log output on stderr (-v: info, -vv: debug). RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -197,19 +201,39 @@ struct FrameLine<'a> {
 
 fn run(args: RunArgs) -> Result<Outcome> {
     let model = args.model.load()?;
-    let scorer = Scorer { kind: args.scorer, temperature: args.model.temperature, gradnorm_scale: args.gradnorm_scale };
+    let scorer = Scorer {
+        kind: args.scorer,
+        temperature: args.model.temperature,
+        gradnorm_scale: args.gradnorm_scale,
+    };
     let threshold = match args.threshold {
         Some(threshold) => threshold,
         None => {
-            let path = args.calibration.clone().unwrap_or_else(|| calibration::path_for_model(&model.info().path));
+            let path = args
+                .calibration
+                .clone()
+                .unwrap_or_else(|| calibration::path_for_model(&model.info().path));
             let calibration = Calibration::load(&path)?;
-            let paper = calibration.threshold(&path, &model.info().sha256, scorer.kind, scorer.temperature)?;
-            log::info!("threshold for {} from calibration {}", scorer.kind, path.display());
+            let paper = calibration.threshold(
+                &path,
+                &model.info().sha256,
+                scorer.kind,
+                scorer.temperature,
+            )?;
+            log::info!(
+                "threshold for {} from calibration {}",
+                scorer.kind,
+                path.display()
+            );
             scorer.threshold_from_paper_scale(paper, model.head().num_classes())
         }
     };
     let files = expand_sources(&args.sources)?;
-    log::info!("run started: {} files, scorer {}, threshold {threshold}", files.len(), scorer.kind);
+    log::info!(
+        "run started: {} files, scorer {}, threshold {threshold}",
+        files.len(),
+        scorer.kind
+    );
 
     let mut pipeline = Pipeline::new(model, scorer, Gate::new(threshold), args.model.limits());
     let stdout = std::io::stdout();
@@ -233,7 +257,12 @@ fn run(args: RunArgs) -> Result<Outcome> {
                     score: Some(result.verdict.score),
                     threshold: Some(result.verdict.threshold),
                     ood: Some(result.verdict.ood),
-                    label: pipeline.model().info().labels.get(result.top1).map(String::as_str),
+                    label: pipeline
+                        .model()
+                        .info()
+                        .labels
+                        .get(result.top1)
+                        .map(String::as_str),
                     prob: Some(result.prob),
                     scorer: scorer.kind.name(),
                     latency_ms,
@@ -268,20 +297,41 @@ fn run(args: RunArgs) -> Result<Outcome> {
         files.len(),
         scorer.kind
     );
-    Ok(if skipped == 0 { Outcome::AllFrames } else { Outcome::SomeSkipped })
+    Ok(if skipped == 0 {
+        Outcome::AllFrames
+    } else {
+        Outcome::SomeSkipped
+    })
 }
 
 fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
     let model = args.model.load()?;
     let files = expand_sources(&args.sources)?;
-    let out_path = args.out.clone().unwrap_or_else(|| calibration::path_for_model(&model.info().path));
-    let model_file = model.info().path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out_path = args
+        .out
+        .clone()
+        .unwrap_or_else(|| calibration::path_for_model(&model.info().path));
+    let model_file = model
+        .info()
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let model_sha256 = model.info().sha256.clone();
     log::info!("calibration started: {} files", files.len());
 
     // Score at the paper's GradNorm scale; the other scorers ignore the scale.
-    let scorer = Scorer { kind: ScorerKind::GradNorm, temperature: args.model.temperature, gradnorm_scale: GradNormScale::Paper };
-    let mut pipeline = Pipeline::new(model, scorer, Gate::new(f32::NEG_INFINITY), args.model.limits());
+    let scorer = Scorer {
+        kind: ScorerKind::GradNorm,
+        temperature: args.model.temperature,
+        gradnorm_scale: GradNormScale::Paper,
+    };
+    let mut pipeline = Pipeline::new(
+        model,
+        scorer,
+        Gate::new(f32::NEG_INFINITY),
+        args.model.limits(),
+    );
     let mut scores: Vec<Vec<f32>> = vec![Vec::with_capacity(files.len()); ScorerKind::ALL.len()];
     let mut skipped = 0usize;
     for (frame, path) in files.iter().enumerate() {
@@ -318,16 +368,25 @@ fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
         sources: args.sources.clone(),
         scorers: summaries,
     };
-    let json = serde_json::to_string_pretty(&calibration).context("cannot serialize the calibration")?;
-    std::fs::write(&out_path, json + "\n").with_context(|| format!("cannot write calibration {}", out_path.display()))?;
+    let json =
+        serde_json::to_string_pretty(&calibration).context("cannot serialize the calibration")?;
+    std::fs::write(&out_path, json + "\n")
+        .with_context(|| format!("cannot write calibration {}", out_path.display()))?;
     log::info!("calibration finished");
 
-    eprintln!("gradgate: calibrated {images} images ({skipped} skipped) into {}", out_path.display());
+    eprintln!(
+        "gradgate: calibrated {images} images ({skipped} skipped) into {}",
+        out_path.display()
+    );
     for (name, summary) in &calibration.scorers {
         eprintln!(
             "  {name:<9} threshold {:>12.6}  min {:>12.6}  median {:>12.6}  max {:>12.6}",
             summary.threshold, summary.min, summary.median, summary.max
         );
     }
-    Ok(if skipped == 0 { Outcome::AllFrames } else { Outcome::SomeSkipped })
+    Ok(if skipped == 0 {
+        Outcome::AllFrames
+    } else {
+        Outcome::SomeSkipped
+    })
 }

@@ -14,8 +14,14 @@ use tract_onnx::prelude::*;
 
 /// Operators that pass a tensor on without changing its values, or only its shape, between
 /// global pooling and the head.
-const PASS_THROUGH: [&str; 6] =
-    ["Identity", "Flatten", "Reshape", "Squeeze", "QuantizeLinear", "DequantizeLinear"];
+const PASS_THROUGH: [&str; 6] = [
+    "Identity",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "QuantizeLinear",
+    "DequantizeLinear",
+];
 
 /// Operators that count as global pooling.
 const POOLING: [&str; 3] = ["GlobalAveragePool", "GlobalMaxPool", "ReduceMean"];
@@ -48,7 +54,11 @@ struct GraphIndex<'a> {
 
 /// Locates the head among the graph outputs and loads its weights.
 pub fn find_head(graph: &GraphProto, path: &Path) -> Result<HeadSpec, ModelError> {
-    let mut index = GraphIndex { producers: HashMap::new(), initializers: HashMap::new(), path };
+    let mut index = GraphIndex {
+        producers: HashMap::new(),
+        initializers: HashMap::new(),
+        path,
+    };
     for node in &graph.node {
         for output in &node.output {
             index.producers.insert(output.as_str(), node);
@@ -73,7 +83,10 @@ pub fn find_head(graph: &GraphProto, path: &Path) -> Result<HeadSpec, ModelError
             None => found.push(format!("'{}' from no node", output.name)),
         }
     }
-    Err(ModelError::NoLinearHead { path: path.to_path_buf(), outputs: found.join(", ") })
+    Err(ModelError::NoLinearHead {
+        path: path.to_path_buf(),
+        outputs: found.join(", "),
+    })
 }
 
 impl<'a> GraphIndex<'a> {
@@ -88,11 +101,18 @@ impl<'a> GraphIndex<'a> {
     }
 
     fn unsupported(&self, reason: String) -> ModelError {
-        ModelError::UnsupportedHead { path: self.path.to_path_buf(), reason }
+        ModelError::UnsupportedHead {
+            path: self.path.to_path_buf(),
+            reason,
+        }
     }
 
     /// Reads a linear head rooted at `node`, or returns `None` when `node` is not one.
-    fn linear_head(&self, node: &'a NodeProto, logits: &str) -> Result<Option<HeadSpec>, ModelError> {
+    fn linear_head(
+        &self,
+        node: &'a NodeProto,
+        logits: &str,
+    ) -> Result<Option<HeadSpec>, ModelError> {
         let (matmul, bias_name, alpha, beta, trans_b) = match node.op_type.as_str() {
             "Gemm" => {
                 let attr = |name: &str, default: f32| -> Result<f32, ModelError> {
@@ -111,14 +131,27 @@ impl<'a> GraphIndex<'a> {
                         node.name
                     )));
                 }
-                let bias = node.input.get(2).filter(|name| !name.is_empty()).map(String::as_str);
-                (node, bias, attr("alpha", 1.0)?, attr("beta", 1.0)?, flag("transB")? != 0)
+                let bias = node
+                    .input
+                    .get(2)
+                    .filter(|name| !name.is_empty())
+                    .map(String::as_str);
+                (
+                    node,
+                    bias,
+                    attr("alpha", 1.0)?,
+                    attr("beta", 1.0)?,
+                    flag("transB")? != 0,
+                )
             }
             "MatMul" => (node, None, 1.0, 1.0, false),
             "Add" => {
                 // One side is the MatMul, the other a constant bias.
                 let sides: Vec<_> = node.input.iter().map(|i| self.skip_identity(i)).collect();
-                let Some(m) = sides.iter().position(|s| s.is_some_and(|n| n.op_type == "MatMul")) else {
+                let Some(m) = sides
+                    .iter()
+                    .position(|s| s.is_some_and(|n| n.op_type == "MatMul"))
+                else {
                     return Ok(None);
                 };
                 let other = node.input.get(1 - m).map(String::as_str);
@@ -128,18 +161,30 @@ impl<'a> GraphIndex<'a> {
         };
 
         // Weights: constant, shaped [D, C] for MatMul and Gemm without transB, [C, D] with it.
-        let Some(weight_name) = matmul.input.get(1) else { return Ok(None) };
-        let Some((raw, shape, quantized)) = self.constant(weight_name)? else { return Ok(None) };
+        let Some(weight_name) = matmul.input.get(1) else {
+            return Ok(None);
+        };
+        let Some((raw, shape, quantized)) = self.constant(weight_name)? else {
+            return Ok(None);
+        };
         if shape.len() != 2 {
             return Err(self.unsupported(format!(
                 "weights '{weight_name}' have shape {shape:?}; expected a matrix"
             )));
         }
-        let (classes, features) = if trans_b { (shape[0], shape[1]) } else { (shape[1], shape[0]) };
+        let (classes, features) = if trans_b {
+            (shape[0], shape[1])
+        } else {
+            (shape[1], shape[0])
+        };
         let mut weights = vec![0f32; classes * features];
         for c in 0..classes {
             for d in 0..features {
-                let value = if trans_b { raw[c * features + d] } else { raw[d * classes + c] };
+                let value = if trans_b {
+                    raw[c * features + d]
+                } else {
+                    raw[d * classes + c]
+                };
                 weights[c * features + d] = value * alpha;
             }
         }
@@ -180,11 +225,21 @@ impl<'a> GraphIndex<'a> {
 
     /// Follows a `DequantizeLinear` ← `QuantizeLinear` pair back to the float tensor.
     fn float_source(&self, name: &'a str) -> &'a str {
-        let Some(dq) = self.producers.get(name).filter(|n| n.op_type == "DequantizeLinear") else {
+        let Some(dq) = self
+            .producers
+            .get(name)
+            .filter(|n| n.op_type == "DequantizeLinear")
+        else {
             return name;
         };
-        match dq.input.first().and_then(|i| self.producers.get(i.as_str())) {
-            Some(q) if q.op_type == "QuantizeLinear" => q.input.first().map_or(name, String::as_str),
+        match dq
+            .input
+            .first()
+            .and_then(|i| self.producers.get(i.as_str()))
+        {
+            Some(q) if q.op_type == "QuantizeLinear" => {
+                q.input.first().map_or(name, String::as_str)
+            }
             _ => name,
         }
     }
@@ -192,7 +247,9 @@ impl<'a> GraphIndex<'a> {
     fn check_pooled(&self, features: &str, head: &NodeProto) -> Result<(), ModelError> {
         let mut name = features;
         for _ in 0..8 {
-            let Some(node) = self.producers.get(name) else { break };
+            let Some(node) = self.producers.get(name) else {
+                break;
+            };
             if POOLING.contains(&node.op_type.as_str()) {
                 return Ok(());
             }
@@ -203,7 +260,9 @@ impl<'a> GraphIndex<'a> {
                     found: node.op_type.clone(),
                 });
             }
-            let Some(input) = node.input.first() else { break };
+            let Some(input) = node.input.first() else {
+                break;
+            };
             name = input;
         }
         Err(ModelError::HeadNotPooled {
@@ -219,10 +278,16 @@ impl<'a> GraphIndex<'a> {
         if let Some(tensor) = self.initializers.get(name) {
             return self.load(tensor).map(|(v, s)| Some((v, s, false)));
         }
-        let Some(node) = self.producers.get(name) else { return Ok(None) };
+        let Some(node) = self.producers.get(name) else {
+            return Ok(None);
+        };
         match node.op_type.as_str() {
             "Constant" => {
-                let Some(tensor) = node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref())
+                let Some(tensor) = node
+                    .attribute
+                    .iter()
+                    .find(|a| a.name == "value")
+                    .and_then(|a| a.t.as_ref())
                 else {
                     return Ok(None);
                 };
@@ -234,9 +299,18 @@ impl<'a> GraphIndex<'a> {
         }
     }
 
-    fn dequantize(&self, node: &NodeProto) -> Result<Option<(Vec<f32>, Vec<usize>, bool)>, ModelError> {
-        let input = |i: usize| node.input.get(i).map(String::as_str).filter(|n| !n.is_empty());
-        let Some((values, shape, _)) = input(0).map(|n| self.constant(n)).transpose()?.flatten() else {
+    fn dequantize(
+        &self,
+        node: &NodeProto,
+    ) -> Result<Option<(Vec<f32>, Vec<usize>, bool)>, ModelError> {
+        let input = |i: usize| {
+            node.input
+                .get(i)
+                .map(String::as_str)
+                .filter(|n| !n.is_empty())
+        };
+        let Some((values, shape, _)) = input(0).map(|n| self.constant(n)).transpose()?.flatten()
+        else {
             return Ok(None);
         };
         let Some((scale, _, _)) = input(1).map(|n| self.constant(n)).transpose()?.flatten() else {
@@ -260,9 +334,14 @@ impl<'a> GraphIndex<'a> {
         let (stride, extent) = if scale.len() == 1 || shape.is_empty() {
             (1usize, 1usize)
         } else {
-            let axis = usize::try_from(axis).ok().filter(|&a| a < shape.len()).ok_or_else(|| {
-                self.unsupported(format!("DequantizeLinear axis {axis} out of range for {shape:?}"))
-            })?;
+            let axis = usize::try_from(axis)
+                .ok()
+                .filter(|&a| a < shape.len())
+                .ok_or_else(|| {
+                    self.unsupported(format!(
+                        "DequantizeLinear axis {axis} out of range for {shape:?}"
+                    ))
+                })?;
             (shape[axis + 1..].iter().product(), shape[axis])
         };
         if scale.len() != 1 && scale.len() != extent {
@@ -275,8 +354,16 @@ impl<'a> GraphIndex<'a> {
             .iter()
             .enumerate()
             .map(|(i, &q)| {
-                let channel = if scale.len() == 1 { 0 } else { (i / stride) % extent };
-                let zp = zero_point.get(channel).or(zero_point.first()).copied().unwrap_or(0.0);
+                let channel = if scale.len() == 1 {
+                    0
+                } else {
+                    (i / stride) % extent
+                };
+                let zp = zero_point
+                    .get(channel)
+                    .or(zero_point.first())
+                    .copied()
+                    .unwrap_or(0.0);
                 (q - zp) * scale[channel]
             })
             .collect();
@@ -287,7 +374,9 @@ impl<'a> GraphIndex<'a> {
         let dir = self.path.parent().and_then(Path::to_str);
         let loaded = tract_onnx::tensor::load_tensor(&*onnx().provider, tensor, dir)
             .and_then(|t| Ok(t.cast_to::<f32>()?.into_owned()))
-            .map_err(|e| self.unsupported(format!("cannot load constant '{}': {e}", tensor.name)))?;
+            .map_err(|e| {
+                self.unsupported(format!("cannot load constant '{}': {e}", tensor.name))
+            })?;
         let shape = loaded.shape().to_vec();
         let values = loaded
             .try_as_plain_ram()

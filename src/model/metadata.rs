@@ -33,26 +33,46 @@ struct PreprocessMetadata {
 }
 
 fn entry<'a>(proto: &'a ModelProto, key: &str) -> Option<&'a str> {
-    proto.metadata_props.iter().find(|e| e.key == key).map(|e| e.value.as_str())
+    proto
+        .metadata_props
+        .iter()
+        .find(|e| e.key == key)
+        .map(|e| e.value.as_str())
 }
 
 fn bad(path: &Path, key: &'static str, reason: String) -> ModelError {
-    ModelError::BadMetadata { path: path.to_path_buf(), key, reason }
+    ModelError::BadMetadata {
+        path: path.to_path_buf(),
+        key,
+        reason,
+    }
 }
 
 /// Reads the preprocessing description, or `None` when the file has none.
 pub fn preprocess(proto: &ModelProto, path: &Path) -> Result<Option<PreprocessSpec>, ModelError> {
-    let Some(json) = entry(proto, PREPROCESS_KEY) else { return Ok(None) };
+    let Some(json) = entry(proto, PREPROCESS_KEY) else {
+        return Ok(None);
+    };
     let meta: PreprocessMetadata =
         serde_json::from_str(json).map_err(|e| bad(path, PREPROCESS_KEY, e.to_string()))?;
     if meta.resize != "pil_bilinear" {
-        return Err(bad(path, PREPROCESS_KEY, format!("resize '{}' is not supported; expected pil_bilinear", meta.resize)));
+        return Err(bad(
+            path,
+            PREPROCESS_KEY,
+            format!(
+                "resize '{}' is not supported; expected pil_bilinear",
+                meta.resize
+            ),
+        ));
     }
     if meta.channel_order != "RGB" || meta.layout != "NCHW" {
         return Err(bad(
             path,
             PREPROCESS_KEY,
-            format!("channel order {} and layout {} are not supported; expected RGB and NCHW", meta.channel_order, meta.layout),
+            format!(
+                "channel order {} and layout {} are not supported; expected RGB and NCHW",
+                meta.channel_order, meta.layout
+            ),
         ));
     }
     if meta.size == 0 || !(meta.crop_fraction > 0.0 && meta.crop_fraction <= 1.0) {
@@ -63,7 +83,14 @@ pub fn preprocess(proto: &ModelProto, path: &Path) -> Result<Option<PreprocessSp
         ));
     }
     if meta.std.iter().any(|s| !(*s > 0.0)) || meta.mean.iter().any(|m| !m.is_finite()) {
-        return Err(bad(path, PREPROCESS_KEY, format!("mean {:?} and std {:?} must be finite and std positive", meta.mean, meta.std)));
+        return Err(bad(
+            path,
+            PREPROCESS_KEY,
+            format!(
+                "mean {:?} and std {:?} must be finite and std positive",
+                meta.mean, meta.std
+            ),
+        ));
     }
     Ok(Some(PreprocessSpec {
         size_px: meta.size,
@@ -76,6 +103,10 @@ pub fn preprocess(proto: &ModelProto, path: &Path) -> Result<Option<PreprocessSp
 
 /// Reads the class names, or `None` when the file has none.
 pub fn labels(proto: &ModelProto, path: &Path) -> Result<Option<Vec<String>>, ModelError> {
-    let Some(json) = entry(proto, LABELS_KEY) else { return Ok(None) };
-    serde_json::from_str(json).map(Some).map_err(|e| bad(path, LABELS_KEY, e.to_string()))
+    let Some(json) = entry(proto, LABELS_KEY) else {
+        return Ok(None);
+    };
+    serde_json::from_str(json)
+        .map(Some)
+        .map_err(|e| bad(path, LABELS_KEY, e.to_string()))
 }

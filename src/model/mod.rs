@@ -188,6 +188,8 @@ pub struct Model {
     /// The tract input tensor, refilled every frame. Invariant: between calls to
     /// [`Model::run`] this is the only reference, so it can be written in place.
     input: Arc<Tensor>,
+    /// tract's outputs between [`Model::run_backbone`] and [`Model::copy_features`].
+    outputs: TVec<TValue>,
 }
 
 impl Model {
@@ -195,32 +197,59 @@ impl Model {
     pub fn load(path: &Path) -> Result<Model, ModelError> {
         let tract_error = |phase: &'static str| {
             let path = path.to_path_buf();
-            move |source: anyhow::Error| ModelError::Tract { path: path.clone(), phase, source }
+            move |source: anyhow::Error| ModelError::Tract {
+                path: path.clone(),
+                phase,
+                source,
+            }
         };
 
         // Read the file once: for the hash and for the protobuf.
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })?;
-        let sha256 = hex(&Sha256::digest(&bytes));
-        let proto = onnx().proto_model_for_read(&mut &bytes[..]).map_err(|e| ModelError::NotOnnx {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
             path: path.to_path_buf(),
-            reason: format!("{e:#}"),
+            source,
         })?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let proto =
+            onnx()
+                .proto_model_for_read(&mut &bytes[..])
+                .map_err(|e| ModelError::NotOnnx {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
         let Some(graph) = proto.graph.as_ref().filter(|g| !g.node.is_empty()) else {
-            return Err(ModelError::NotOnnx { path: path.to_path_buf(), reason: "it contains no graph nodes".into() });
+            return Err(ModelError::NotOnnx {
+                path: path.to_path_buf(),
+                reason: "it contains no graph nodes".into(),
+            });
         };
 
         // Find the head, then the class names and preprocessing that go with it.
         let spec = head::find_head(graph, path)?;
-        let head = Head::from_row_major(&spec.weights, &spec.bias, spec.feature_dim)
-            .map_err(|e| ModelError::UnsupportedHead { path: path.to_path_buf(), reason: e.to_string() })?;
+        let head =
+            Head::from_row_major(&spec.weights, &spec.bias, spec.feature_dim).map_err(|e| {
+                ModelError::UnsupportedHead {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
         let labels = match metadata::labels(&proto, path)? {
             Some(labels) if labels.len() != head.num_classes() => {
-                return Err(ModelError::LabelCount { path: path.to_path_buf(), labels: labels.len(), classes: head.num_classes() })
+                return Err(ModelError::LabelCount {
+                    path: path.to_path_buf(),
+                    labels: labels.len(),
+                    classes: head.num_classes(),
+                })
             }
             Some(labels) => labels,
             None => {
-                log::warn!("model {} has no '{LABELS_KEY}' metadata; classes are named by index", path.display());
-                (0..head.num_classes()).map(|i| format!("class {i}")).collect()
+                log::warn!(
+                    "model {} has no '{LABELS_KEY}' metadata; classes are named by index",
+                    path.display()
+                );
+                (0..head.num_classes())
+                    .map(|i| format!("class {i}"))
+                    .collect()
             }
         };
         let preprocess = match metadata::preprocess(&proto, path)? {
@@ -254,9 +283,14 @@ impl Model {
             .map_err(tract_error("set the input and output of"))?
             .into_optimized()
             .map_err(tract_error("optimize"))?;
-        let output_fact = model.output_fact(0).map_err(tract_error("inspect"))?.clone();
-        let feature_count: Option<usize> =
-            output_fact.shape.as_concrete().map(|dims| dims.iter().product());
+        let output_fact = model
+            .output_fact(0)
+            .map_err(tract_error("inspect"))?
+            .clone();
+        let feature_count: Option<usize> = output_fact
+            .shape
+            .as_concrete()
+            .map(|dims| dims.iter().product());
         if feature_count != Some(head.feature_dim()) {
             return Err(ModelError::FeatureShape {
                 path: path.to_path_buf(),
@@ -267,7 +301,9 @@ impl Model {
         let backbone_nodes = model.nodes().len();
         let plan = model.into_runnable().map_err(tract_error("plan"))?;
         let state = plan.spawn().map_err(tract_error("start"))?;
-        let input = Arc::new(Tensor::zero::<f32>(&[1, 3, size, size]).map_err(tract_error("allocate input for"))?);
+        let input = Arc::new(
+            Tensor::zero::<f32>(&[1, 3, size, size]).map_err(tract_error("allocate input for"))?,
+        );
 
         let info = ModelInfo {
             path: path.to_path_buf(),
@@ -279,7 +315,13 @@ impl Model {
             quantized_head: spec.dequantized,
             backbone_nodes,
         };
-        Ok(Model { info, head, state, input })
+        Ok(Model {
+            info,
+            head,
+            state,
+            input,
+            outputs: tvec!(),
+        })
     }
 
     /// What was loaded.
@@ -293,10 +335,22 @@ impl Model {
     }
 
     /// Runs the backbone on `input` and writes the pooled features into `out`, then computes
-    /// `‖h‖₁` and the logits with [`Activations::finish`].
+    /// `‖h‖₁` and the logits with [`Activations::finish`]: [`Model::run_backbone`],
+    /// [`Model::copy_features`] and [`Activations::finish`] in turn.
+    pub fn run(
+        &mut self,
+        input: &InputTensor,
+        out: &mut Activations,
+    ) -> Result<(), InferenceError> {
+        self.run_backbone(input)?;
+        self.copy_features(out)?;
+        out.finish(&self.head).map_err(InferenceError::NonFinite)
+    }
+
+    /// Runs tract on `input` and keeps its outputs until [`Model::copy_features`].
     ///
-    /// Allocates inside tract (see the module notes) and nowhere else.
-    pub fn run(&mut self, input: &InputTensor, out: &mut Activations) -> Result<(), InferenceError> {
+    /// The one per-frame step that allocates: tract allocates each node's output tensor.
+    pub fn run_backbone(&mut self, input: &InputTensor) -> Result<(), InferenceError> {
         // Write the frame into tract's input tensor in place.
         let tensor = match Arc::get_mut(&mut self.input) {
             Some(tensor) => tensor,
@@ -309,17 +363,35 @@ impl Model {
                 Arc::get_mut(&mut self.input).expect("a new Arc is unique")
             }
         };
-        let mut view = tensor.try_as_plain_ram_mut().map_err(InferenceError::tract)?;
-        view.as_slice_mut::<f32>().map_err(InferenceError::tract)?.copy_from_slice(input.as_slice());
+        let mut view = tensor
+            .try_as_plain_ram_mut()
+            .map_err(InferenceError::tract)?;
+        view.as_slice_mut::<f32>()
+            .map_err(InferenceError::tract)?
+            .copy_from_slice(input.as_slice());
         drop(view);
 
-        let outputs = self.state.run(tvec!(TValue::from_const(self.input.clone()))).map_err(InferenceError::tract)?;
-        let view = outputs[0].try_as_plain_ram().map_err(InferenceError::tract)?;
-        out.features_mut().copy_from_slice(view.as_slice::<f32>().map_err(InferenceError::tract)?);
-        drop(view);
-        drop(outputs);
+        self.outputs = self
+            .state
+            .run(tvec!(TValue::from_const(self.input.clone())))
+            .map_err(InferenceError::tract)?;
+        Ok(())
+    }
 
-        out.finish(&self.head).map_err(InferenceError::NonFinite)
+    /// Copies the features of the last [`Model::run_backbone`] into `out` and releases tract's
+    /// outputs. Allocates nothing.
+    pub fn copy_features(&mut self, out: &mut Activations) -> Result<(), InferenceError> {
+        let Some(output) = self.outputs.first() else {
+            return Err(InferenceError::Tract(
+                "no backbone output: run_backbone was not called".into(),
+            ));
+        };
+        let view = output.try_as_plain_ram().map_err(InferenceError::tract)?;
+        out.features_mut()
+            .copy_from_slice(view.as_slice::<f32>().map_err(InferenceError::tract)?);
+        drop(view);
+        self.outputs.clear();
+        Ok(())
     }
 }
 
@@ -354,7 +426,8 @@ impl std::error::Error for InferenceError {}
 /// (or 224), crop fraction 0.875 and the ImageNet mean and standard deviation.
 fn default_preprocess(graph: &tract_onnx::pb::GraphProto) -> PreprocessSpec {
     use tract_onnx::pb::type_proto::Value;
-    let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let size = graph
         .input
         .iter()
@@ -363,7 +436,9 @@ fn default_preprocess(graph: &tract_onnx::pb::GraphProto) -> PreprocessSpec {
             Value::TensorType(t) => {
                 let dims = &t.shape.as_ref()?.dim;
                 let side = |d: &tract_onnx::pb::tensor_shape_proto::Dimension| match d.value {
-                    Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Some(v),
+                    Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) => {
+                        Some(v)
+                    }
                     _ => None,
                 };
                 match (dims.get(2).and_then(side), dims.get(3).and_then(side)) {

@@ -49,7 +49,9 @@ impl FromStr for GradNormScale {
         match s {
             "paper" => Ok(GradNormScale::Paper),
             "official" => Ok(GradNormScale::Official),
-            other => Err(format!("unknown GradNorm scale '{other}': expected paper or official")),
+            other => Err(format!(
+                "unknown GradNorm scale '{other}': expected paper or official"
+            )),
         }
     }
 }
@@ -63,7 +65,10 @@ impl FromStr for GradNormScale {
 ///
 /// Returns 0 for an empty logit slice.
 pub fn gradnorm(features_l1: f64, logits: &[f32], temperature: f32, scale: GradNormScale) -> f32 {
-    debug_assert!(temperature > 0.0, "temperature must be positive, got {temperature}");
+    debug_assert!(
+        temperature > 0.0,
+        "temperature must be positive, got {temperature}"
+    );
     if logits.is_empty() {
         return 0.0;
     }
@@ -71,8 +76,13 @@ pub fn gradnorm(features_l1: f64, logits: &[f32], temperature: f32, scale: GradN
     let uniform = 1.0 / logits.len() as f64;
 
     // Shift by the largest scaled logit so every exponent is ≤ 0.
-    let max_scaled = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(f64::from(z) * inv_t));
-    let partition: f64 = logits.iter().map(|&z| (f64::from(z) * inv_t - max_scaled).exp()).sum();
+    let max_scaled = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &z| m.max(f64::from(z) * inv_t));
+    let partition: f64 = logits
+        .iter()
+        .map(|&z| (f64::from(z) * inv_t - max_scaled).exp())
+        .sum();
 
     // Σ_c |p_c − 1/C|, recomputing each exponential instead of storing the softmax.
     let deviation: f64 = logits
@@ -117,7 +127,10 @@ mod tests {
         let logits = [0.5, 2.0, -1.0, 0.25, 3.0];
         let paper = gradnorm(4.0, &logits, 1.0, GradNormScale::Paper);
         let official = gradnorm(4.0, &logits, 1.0, GradNormScale::Official);
-        assert!((official - 5.0 * paper).abs() <= 1e-6 * official, "{official} vs {paper}");
+        assert!(
+            (official - 5.0 * paper).abs() <= 1e-6 * official,
+            "{official} vs {paper}"
+        );
     }
 
     #[test]

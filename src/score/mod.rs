@@ -45,8 +45,12 @@ pub enum ScorerKind {
 
 impl ScorerKind {
     /// Every scorer, in the order reports list them.
-    pub const ALL: [ScorerKind; 4] =
-        [ScorerKind::GradNorm, ScorerKind::Msp, ScorerKind::MaxLogit, ScorerKind::Energy];
+    pub const ALL: [ScorerKind; 4] = [
+        ScorerKind::GradNorm,
+        ScorerKind::Msp,
+        ScorerKind::MaxLogit,
+        ScorerKind::Energy,
+    ];
 
     /// The name used on the command line and in calibration files.
     pub fn name(self) -> &'static str {
@@ -71,7 +75,11 @@ pub struct UnknownScorer(pub String);
 
 impl fmt::Display for UnknownScorer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown scorer '{}': expected one of gradnorm, msp, maxlogit, energy", self.0)
+        write!(
+            f,
+            "unknown scorer '{}': expected one of gradnorm, msp, maxlogit, energy",
+            self.0
+        )
     }
 }
 
@@ -103,7 +111,11 @@ pub struct Scorer {
 impl Scorer {
     /// Creates a scorer with temperature 1 and the paper's GradNorm scale.
     pub fn new(kind: ScorerKind) -> Scorer {
-        Scorer { kind, temperature: 1.0, gradnorm_scale: GradNormScale::Paper }
+        Scorer {
+            kind,
+            temperature: 1.0,
+            gradnorm_scale: GradNormScale::Paper,
+        }
     }
 
     /// Scores one frame's activations. Higher means more in-distribution.
@@ -113,12 +125,27 @@ impl Scorer {
     pub fn score(&self, act: &Activations) -> f32 {
         let logits = act.logits();
         match self.kind {
-            ScorerKind::GradNorm => {
-                gradnorm(act.features_l1(), logits, self.temperature, self.gradnorm_scale)
-            }
+            ScorerKind::GradNorm => gradnorm(
+                act.features_l1(),
+                logits,
+                self.temperature,
+                self.gradnorm_scale,
+            ),
             ScorerKind::Msp => max_softmax(logits, self.temperature),
             ScorerKind::MaxLogit => max_logit(logits),
             ScorerKind::Energy => energy(logits, self.temperature),
+        }
+    }
+
+    /// Scores a batch of frames, one score per frame, into `out`. Each score equals
+    /// [`Scorer::score`] of that frame alone: frames never share a loss. Allocates nothing.
+    ///
+    /// # Panics
+    /// If `out` is not as long as `batch`.
+    pub fn score_batch(&self, batch: &[Activations], out: &mut [f32]) {
+        assert_eq!(batch.len(), out.len(), "one output slot per frame");
+        for (act, score) in batch.iter().zip(out) {
+            *score = self.score(act);
         }
     }
 

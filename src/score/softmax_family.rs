@@ -7,11 +7,16 @@
 /// `m = max z/T`. Returns negative infinity for an empty slice.
 pub fn log_sum_exp(logits: &[f32], temperature: f32) -> f64 {
     let inv_t = 1.0 / f64::from(temperature);
-    let max_scaled = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(f64::from(z) * inv_t));
+    let max_scaled = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &z| m.max(f64::from(z) * inv_t));
     if !max_scaled.is_finite() {
         return max_scaled;
     }
-    let partition: f64 = logits.iter().map(|&z| (f64::from(z) * inv_t - max_scaled).exp()).sum();
+    let partition: f64 = logits
+        .iter()
+        .map(|&z| (f64::from(z) * inv_t - max_scaled).exp())
+        .sum();
     max_scaled + partition.ln()
 }
 
@@ -21,9 +26,14 @@ pub fn max_softmax(logits: &[f32], temperature: f32) -> f32 {
         return 0.0;
     }
     let inv_t = 1.0 / f64::from(temperature);
-    let max_scaled = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(f64::from(z) * inv_t));
+    let max_scaled = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &z| m.max(f64::from(z) * inv_t));
     // The largest term contributes exp(0) = 1, so the maximum probability is 1 / partition.
-    let partition: f64 = logits.iter().map(|&z| (f64::from(z) * inv_t - max_scaled).exp()).sum();
+    let partition: f64 = logits
+        .iter()
+        .map(|&z| (f64::from(z) * inv_t - max_scaled).exp())
+        .sum();
     (1.0 / partition) as f32
 }
 
@@ -70,7 +80,10 @@ mod tests {
     fn energy_scales_with_temperature() {
         // T · ln(2·exp(x/T)) = x + T·ln 2 for two equal logits x.
         let e = energy(&[3.0, 3.0], 2.0);
-        assert!((f64::from(e) - (3.0 + 2.0 * 2f64.ln())).abs() < 1e-6, "energy {e}");
+        assert!(
+            (f64::from(e) - (3.0 + 2.0 * 2f64.ln())).abs() < 1e-6,
+            "energy {e}"
+        );
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub enum DecodeError {
     },
     /// A pixel layout gradgate does not convert (for example 32-bit float).
     UnsupportedColor(ColorType),
+    /// A JPEG stream that ends before its end-of-image marker. The JPEG decoder would fill
+    /// the missing blocks with grey rather than fail, so gradgate checks this itself.
+    TruncatedJpeg {
+        /// Length of the stream in bytes.
+        len: usize,
+    },
     /// The data is invalid or truncated.
     Invalid(image::ImageError),
 }
@@ -58,13 +64,22 @@ impl fmt::Display for DecodeError {
                 }
                 f.write_str("): expected JPEG, PNG or WebP")
             }
-            DecodeError::TooLarge { width, height, limits } => write!(
+            DecodeError::TooLarge {
+                width,
+                height,
+                limits,
+            } => write!(
                 f,
                 "image header declares {width}×{height} px, above the limits of {} px per side \
                  and {} px in all; downscale the image or raise --max-side-px/--max-pixels",
                 limits.max_side_px, limits.max_pixels
             ),
-            DecodeError::BufferTooSmall { width, height, format, capacity_bytes } => write!(
+            DecodeError::BufferTooSmall {
+                width,
+                height,
+                format,
+                capacity_bytes,
+            } => write!(
                 f,
                 "decoded {width}×{height} {format} image needs {} bytes, but the frame buffer \
                  holds {capacity_bytes}; raise --max-pixels or convert the image to 8 bits",
@@ -74,6 +89,10 @@ impl fmt::Display for DecodeError {
                 f,
                 "unsupported pixel layout {color:?}: expected 8- or 16-bit grey, grey with alpha, \
                  RGB or RGBA"
+            ),
+            DecodeError::TruncatedJpeg { len } => write!(
+                f,
+                "truncated JPEG: no end-of-image marker after the last scan in {len} bytes"
             ),
             DecodeError::Invalid(err) => write!(f, "invalid or truncated image data: {err}"),
         }
@@ -94,17 +113,25 @@ impl std::error::Error for DecodeError {
 /// The header is checked against `limits` before any pixel is decoded; on error `out` keeps
 /// its previous frame. gradgate's own code allocates nothing here, but the image crate's
 /// decoders allocate their internal state (Huffman tables, row buffers) on every call.
-pub fn decode_into(bytes: &[u8], limits: &FrameLimits, out: &mut FrameBuf) -> Result<(), DecodeError> {
+pub fn decode_into(
+    bytes: &[u8],
+    limits: &FrameLimits,
+    out: &mut FrameBuf,
+) -> Result<(), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
 
     // Guess the format from the magic bytes only: file extensions are often wrong.
-    let mut reader = ImageReader::new(Cursor::new(bytes));
-    reader.set_format(match image::guess_format(bytes) {
+    let format = match image::guess_format(bytes) {
         Ok(format @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => format,
         _ => return Err(unsupported_format(bytes)),
-    });
+    };
+    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
+        return Err(DecodeError::TruncatedJpeg { len: bytes.len() });
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes));
+    reader.set_format(format);
     let mut decoder_limits = Limits::default();
     decoder_limits.max_alloc = Some(DECODER_SCRATCH_LIMIT_BYTES);
     reader.limits(decoder_limits);
@@ -118,15 +145,39 @@ pub fn decode_into(bytes: &[u8], limits: &FrameLimits, out: &mut FrameBuf) -> Re
         || height > limits.max_side_px
         || u64::from(width) * u64::from(height) > limits.max_pixels
     {
-        return Err(DecodeError::TooLarge { width, height, limits: *limits });
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            limits: *limits,
+        });
     }
     let format = pixel_format(decoder.color_type())?;
     let capacity_bytes = out.capacity_bytes();
     let pixels = out
         .prepare(width, height, format)
-        .ok_or(DecodeError::BufferTooSmall { width, height, format, capacity_bytes })?;
+        .ok_or(DecodeError::BufferTooSmall {
+            width,
+            height,
+            format,
+            capacity_bytes,
+        })?;
 
     decoder.read_image(pixels).map_err(DecodeError::Invalid)
+}
+
+/// Returns true when an end-of-image marker (FF D9) follows the last start-of-scan marker
+/// (FF DA). Inside entropy-coded data every FF byte is followed by 00 or a restart marker, so
+/// neither marker can occur there by accident; an EXIF thumbnail's markers come before the
+/// main image's scans.
+///
+/// NOTE: a file with bytes appended after its end-of-image marker that happen to contain
+/// FF DA is reported as truncated.
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|pair| pair == [0xFF, 0xDA]);
+    match last_scan {
+        Some(start) => bytes[start..].windows(2).any(|pair| pair == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 fn unsupported_format(bytes: &[u8]) -> DecodeError {
@@ -155,7 +206,11 @@ mod tests {
     use super::*;
 
     fn small_limits() -> FrameLimits {
-        FrameLimits { max_side_px: 64, max_pixels: 64 * 64, max_file_bytes: 1 << 20 }
+        FrameLimits {
+            max_side_px: 64,
+            max_pixels: 64 * 64,
+            max_file_bytes: 1 << 20,
+        }
     }
 
     #[test]
@@ -163,6 +218,25 @@ mod tests {
         let mut buf = FrameBuf::new(64);
         let err = decode_into(&[], &small_limits(), &mut buf).unwrap_err();
         assert_eq!(err.to_string(), "file is empty (0 bytes)");
+    }
+
+    #[test]
+    fn jpeg_without_scan_has_no_end_marker() {
+        assert!(!jpeg_has_end_marker(&[0xFF, 0xD8, 0xFF, 0xD9]));
+    }
+
+    #[test]
+    fn end_marker_after_last_scan_is_found() {
+        assert!(jpeg_has_end_marker(&[
+            0xFF, 0xD8, 0xFF, 0xDA, 0x12, 0xFF, 0x00, 0xFF, 0xD9
+        ]));
+    }
+
+    #[test]
+    fn scan_cut_before_end_marker_is_truncated() {
+        assert!(!jpeg_has_end_marker(&[
+            0xFF, 0xD8, 0xFF, 0xDA, 0x12, 0xFF, 0x00, 0x34
+        ]));
     }
 
     #[test]

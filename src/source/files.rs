@@ -97,10 +97,17 @@ pub fn expand_sources<S: AsRef<str>>(sources: &[S]) -> Result<Vec<PathBuf>, Sour
 }
 
 fn collect_folder(folder: &Path, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
-    let entries = std::fs::read_dir(folder)
-        .map_err(|source| SourceError::Io { path: folder.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(folder).map_err(|source| SourceError::Io {
+        path: folder.to_path_buf(),
+        source,
+    })?;
     for entry in entries {
-        let path = entry.map_err(|source| SourceError::Io { path: folder.to_path_buf(), source })?.path();
+        let path = entry
+            .map_err(|source| SourceError::Io {
+                path: folder.to_path_buf(),
+                source,
+            })?
+            .path();
         if path.is_dir() {
             collect_folder(&path, files)?;
         } else if has_image_extension(&path) {
@@ -113,7 +120,11 @@ fn collect_folder(folder: &Path, files: &mut Vec<PathBuf>) -> Result<(), SourceE
 fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|ext| ext.to_str())
-        .is_some_and(|ext| IMAGE_EXTENSIONS.iter().any(|known| ext.eq_ignore_ascii_case(known)))
+        .is_some_and(|ext| {
+            IMAGE_EXTENSIONS
+                .iter()
+                .any(|known| ext.eq_ignore_ascii_case(known))
+        })
 }
 
 /// Why a file could not be read.
@@ -155,12 +166,22 @@ impl std::error::Error for ReadError {
 /// Reads whole files into one buffer allocated at construction.
 pub struct FileReader {
     buf: Box<[u8]>,
+    /// Length of the last successful read; `buf[..len]` holds its bytes.
+    len: usize,
 }
 
 impl FileReader {
     /// Allocates a buffer of `max_bytes` bytes.
     pub fn new(max_bytes: usize) -> FileReader {
-        FileReader { buf: vec![0; max_bytes].into_boxed_slice() }
+        FileReader {
+            buf: vec![0; max_bytes].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// The bytes of the last successful [`FileReader::read`] (empty before the first).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 
     /// Reads the whole of `path` and returns its bytes, valid until the next call.
@@ -168,11 +189,21 @@ impl FileReader {
     /// Allocates nothing for paths shorter than the platform's stack buffer for path
     /// conversion (384 bytes in Rust's standard library on Unix).
     pub fn read(&mut self, path: &Path) -> Result<&[u8], ReadError> {
+        self.len = 0;
+        let len = self.read_to_buffer(path)?;
+        self.len = len;
+        Ok(&self.buf[..len])
+    }
+
+    fn read_to_buffer(&mut self, path: &Path) -> Result<usize, ReadError> {
         let max_bytes = self.buf.len() as u64;
         let mut file = File::open(path).map_err(ReadError::Io)?;
         let declared = file.metadata().map_err(ReadError::Io)?.len();
         if declared > max_bytes {
-            return Err(ReadError::TooLarge { bytes: declared, max_bytes });
+            return Err(ReadError::TooLarge {
+                bytes: declared,
+                max_bytes,
+            });
         }
 
         // Read until end of file; the file may have changed size since `metadata`.
@@ -182,13 +213,16 @@ impl FileReader {
                 // Full: one more byte means the file outgrew the limit.
                 let mut probe = [0u8; 1];
                 return match file.read(&mut probe) {
-                    Ok(0) => Ok(&self.buf[..len]),
-                    Ok(_) => Err(ReadError::TooLarge { bytes: len as u64 + 1, max_bytes }),
+                    Ok(0) => Ok(len),
+                    Ok(_) => Err(ReadError::TooLarge {
+                        bytes: len as u64 + 1,
+                        max_bytes,
+                    }),
                     Err(err) => Err(ReadError::Io(err)),
                 };
             }
             match file.read(&mut self.buf[len..]) {
-                Ok(0) => return Ok(&self.buf[..len]),
+                Ok(0) => return Ok(len),
                 Ok(n) => len += n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(ReadError::Io(err)),
@@ -213,7 +247,16 @@ mod tests {
         let path = dir.path().join("big.jpg");
         std::fs::write(&path, [0u8; 32]).unwrap();
         let err = FileReader::new(16).read(&path).unwrap_err();
-        assert!(matches!(err, ReadError::TooLarge { bytes: 32, max_bytes: 16 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ReadError::TooLarge {
+                    bytes: 32,
+                    max_bytes: 16
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
