@@ -66,7 +66,7 @@ pub struct Calibration {
     pub scorers: BTreeMap<String, ScoreSummary>,
 }
 
-/// Why a calibration file could not be used.
+/// Error for a calibration file that cannot be used.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CalibrationError {
@@ -81,7 +81,7 @@ pub enum CalibrationError {
     Parse {
         /// The calibration file.
         path: PathBuf,
-        /// What the parser reported.
+        /// The parser's message.
         reason: String,
     },
     /// The calibration belongs to another model file.
@@ -153,7 +153,7 @@ impl std::error::Error for CalibrationError {
     }
 }
 
-/// The calibration file that belongs to `model`: `m.onnx` → `m.calibration.json`.
+/// Returns the calibration file that belongs to `model`: `m.onnx` → `m.calibration.json`.
 pub fn path_for_model(model: &Path) -> PathBuf {
     model.with_extension("calibration.json")
 }

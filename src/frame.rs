@@ -123,7 +123,7 @@ impl FrameBuf {
         self.format
     }
 
-    /// The current frame's pixels.
+    /// Returns the current frame's pixels.
     pub fn pixels(&self) -> &[u8] {
         &self.data[..self.len]
     }

@@ -34,15 +34,18 @@ impl Gate {
         Gate { threshold }
     }
 
-    /// The threshold in use.
+    /// Returns the threshold in use.
     pub fn threshold(&self) -> f32 {
         self.threshold
     }
 
     /// Decides one frame. A NaN score counts as out-of-distribution.
     pub fn decide(&self, score: f32) -> Verdict {
-        // `!(a >= b)` rather than `a < b` so that NaN is flagged, never passed.
-        let ood = !(score >= self.threshold);
+        // NaN compares as neither greater nor equal, so it is flagged, never passed.
+        let ood = !matches!(
+            score.partial_cmp(&self.threshold),
+            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+        );
         Verdict {
             score,
             threshold: self.threshold,

@@ -10,7 +10,7 @@ use crate::tensor::{InputTensor, Preprocessor};
 use std::fmt;
 use std::path::Path;
 
-/// Why one frame was skipped. The pipeline stays usable after any of these.
+/// Error that makes the pipeline skip one frame. The pipeline stays usable after any of these.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum FrameError {
@@ -42,7 +42,7 @@ impl std::error::Error for FrameError {
     }
 }
 
-/// What one frame produced.
+/// Outcome of one scored frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FrameResult {
     /// The gate's decision.
@@ -87,22 +87,22 @@ impl Pipeline {
         }
     }
 
-    /// The model.
+    /// Returns the model.
     pub fn model(&self) -> &Model {
         &self.model
     }
 
-    /// The scorer in use.
+    /// Returns the scorer in use.
     pub fn scorer(&self) -> &Scorer {
         &self.scorer
     }
 
-    /// The current frame's activations, valid after [`Pipeline::infer`].
+    /// Returns the current frame's activations, valid after [`Pipeline::infer`].
     pub fn activations(&self) -> &Activations {
         &self.activations
     }
 
-    /// The current model input, valid after [`Pipeline::preprocess`].
+    /// Returns the current model input, valid after [`Pipeline::preprocess`].
     pub fn input(&self) -> &InputTensor {
         &self.input
     }

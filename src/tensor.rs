@@ -59,27 +59,27 @@ impl InputTensor {
         [1, 3, self.size_px, self.size_px]
     }
 
-    /// The values in NCHW order.
+    /// Returns the values in NCHW order.
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
 
-    /// The values in NCHW order, for writing.
+    /// Returns the values in NCHW order, for writing.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.data
     }
 
-    /// Normalizes an image that already has the input size: `rgb` holds `size_px × size_px`
+    /// Normalizes an image that already has the input size: `rgb` contains `size_px × size_px`
     /// RGB pixels, 8 bits each, row-major. Allocates nothing.
     ///
     /// # Panics
-    /// If `rgb` does not hold exactly `3 × size_px²` bytes.
+    /// If `rgb` does not contain exactly `3 × size_px²` bytes.
     pub fn fill_from_rgb8(&mut self, rgb: &[u8], spec: &PreprocessSpec) {
         let plane = self.size_px * self.size_px;
         assert_eq!(rgb.len(), 3 * plane, "expected {} RGB bytes", 3 * plane);
         for (pixel, chunk) in rgb.chunks_exact(3).enumerate() {
-            for channel in 0..3 {
-                self.data[channel * plane + pixel] = normalize(chunk[channel], channel, spec);
+            for (channel, &level) in chunk.iter().enumerate() {
+                self.data[channel * plane + pixel] = normalize(level, channel, spec);
             }
         }
     }
@@ -203,7 +203,7 @@ impl Preprocessor {
         }
     }
 
-    /// The specification in use.
+    /// Returns the specification in use.
     pub fn spec(&self) -> &PreprocessSpec {
         &self.spec
     }
@@ -340,7 +340,7 @@ fn over(channel: u8, alpha: u8, background: u32) -> u8 {
     ((channel * alpha + background * (255 - alpha) + 127) / 255) as u8
 }
 
-/// The high byte of the 16-bit native-endian sample at `index`.
+/// Returns the high byte of the 16-bit native-endian sample at `index`.
 fn high_byte(pixel: &[u8], index: usize) -> u8 {
     (u16::from_ne_bytes([pixel[index * 2], pixel[index * 2 + 1]]) >> 8) as u8
 }

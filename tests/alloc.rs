@@ -5,7 +5,7 @@
 //! the image crate's decoders (their internal state) and tract's `run` (each node's output
 //! tensor). Those are measured and checked for being bounded, not for being zero.
 //!
-//! This file holds one test so that no other test thread allocates while it counts.
+//! This file contains one test so that no other test thread allocates while it counts.
 
 use gradgate::frame::FrameLimits;
 use gradgate::{Gate, Model, Pipeline, Scorer, ScorerKind};
@@ -104,7 +104,7 @@ fn frames() -> Vec<PathBuf> {
 }
 
 #[test]
-fn per_frame_stages_allocate_only_inside_decoders_and_tract() {
+fn frame_stages_allocate_only_in_dependencies() {
     let model_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0-int8.onnx");
     let model = Model::load(&model_path).unwrap();

@@ -37,7 +37,7 @@ fn copy_into(dir: &Path, source: &str, name: &str) -> PathBuf {
 }
 
 #[test]
-fn run_on_bundled_images_prints_one_decision_per_frame() {
+fn run_prints_one_line_per_frame() {
     let output = gradgate(&["run", "tests/data/id"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let lines = json_lines(&output);
@@ -89,7 +89,7 @@ fn run_summary_counts_in_and_out() {
 }
 
 #[test]
-fn official_scale_multiplies_scores_and_threshold_by_class_count() {
+fn official_scale_multiplies_by_class_count() {
     let image = "tests/data/id/espresso-cup.jpg";
     let paper = &json_lines(&gradgate(&["run", image]))[0];
     let official = &json_lines(&gradgate(&["run", "--gradnorm-scale", "official", image]))[0];
@@ -116,7 +116,7 @@ fn explicit_threshold_overrides_calibration() {
     assert_eq!(line["ood"], true);
 }
 
-/// A JPEG whose start-of-frame header claims 60000 × 60000 pixels.
+/// Returns a JPEG whose start-of-frame header claims 60000 × 60000 pixels.
 fn jpeg_with_huge_header() -> Vec<u8> {
     let mut bytes = std::fs::read(repo("tests/data/id/espresso-cup.jpg")).unwrap();
     let sof = bytes
@@ -128,7 +128,7 @@ fn jpeg_with_huge_header() -> Vec<u8> {
     bytes
 }
 
-/// A PNG whose header claims 100000 × 100000 pixels, with a valid header checksum.
+/// Returns a PNG whose header claims 100000 × 100000 pixels, with a valid header checksum.
 fn png_with_huge_header() -> Vec<u8> {
     let mut bytes = std::fs::read(repo("tests/data/id/airliner-cutout.png")).unwrap();
     // Signature (8), chunk length (4), "IHDR" (4), then width and height.
@@ -269,7 +269,7 @@ fn glob_selects_matching_files() {
 }
 
 #[test]
-fn model_that_is_not_onnx_is_a_fatal_error() {
+fn non_onnx_model_is_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("broken.onnx");
     std::fs::write(&model, "not a model").unwrap();

@@ -38,14 +38,14 @@ fn imagenet_size_weights(case: &Value) -> Vec<f32> {
     weights
 }
 
-/// The case's head and activations, with the logits computed by gradgate.
+/// Builds the case's head and activations, with the logits computed by gradgate.
 fn activations(case: &Value) -> (Head, Activations) {
     let weights: Vec<f32> = match case.get("W") {
         Some(rows) => rows
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|row| floats(row))
+            .flat_map(floats)
             .map(|w| w as f32)
             .collect(),
         None => imagenet_size_weights(case),

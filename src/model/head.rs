@@ -46,6 +46,9 @@ pub struct HeadSpec {
     pub dequantized: bool,
 }
 
+/// A constant's values as `f32`, its shape, and whether it was stored quantized.
+type Constant = (Vec<f32>, Vec<usize>, bool);
+
 struct GraphIndex<'a> {
     producers: HashMap<&'a str, &'a NodeProto>,
     initializers: HashMap<&'a str, &'a TensorProto>,
@@ -274,7 +277,7 @@ impl<'a> GraphIndex<'a> {
 
     /// Loads a constant as `f32` values with its shape, dequantizing if needed. Returns
     /// `None` when `name` is computed at run time.
-    fn constant(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>, bool)>, ModelError> {
+    fn constant(&self, name: &str) -> Result<Option<Constant>, ModelError> {
         if let Some(tensor) = self.initializers.get(name) {
             return self.load(tensor).map(|(v, s)| Some((v, s, false)));
         }
@@ -299,10 +302,7 @@ impl<'a> GraphIndex<'a> {
         }
     }
 
-    fn dequantize(
-        &self,
-        node: &NodeProto,
-    ) -> Result<Option<(Vec<f32>, Vec<usize>, bool)>, ModelError> {
+    fn dequantize(&self, node: &NodeProto) -> Result<Option<Constant>, ModelError> {
         let input = |i: usize| {
             node.input
                 .get(i)

@@ -82,7 +82,8 @@ pub fn preprocess(proto: &ModelProto, path: &Path) -> Result<Option<PreprocessSp
             format!("size {} and crop_fraction {} are out of range; expected size > 0 and 0 < crop_fraction ≤ 1", meta.size, meta.crop_fraction),
         ));
     }
-    if meta.std.iter().any(|s| !(*s > 0.0)) || meta.mean.iter().any(|m| !m.is_finite()) {
+    if meta.std.iter().any(|s| s.is_nan() || *s <= 0.0) || meta.mean.iter().any(|m| !m.is_finite())
+    {
         return Err(bad(
             path,
             PREPROCESS_KEY,

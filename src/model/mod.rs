@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 
-/// Why a model could not be loaded.
+/// Error from loading a model.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ModelError {
@@ -50,7 +50,7 @@ pub enum ModelError {
         path: PathBuf,
         /// The metadata key.
         key: &'static str,
-        /// What is wrong with it.
+        /// The problem found.
         reason: String,
     },
     /// No graph output is produced by a linear layer.
@@ -66,7 +66,7 @@ pub enum ModelError {
         path: PathBuf,
         /// The linear layer.
         head: String,
-        /// What was found between the layer and the backbone.
+        /// The operator found between the layer and the backbone.
         found: String,
     },
     /// A linear layer was found but gradgate cannot use it.
@@ -159,14 +159,14 @@ impl std::error::Error for ModelError {
     }
 }
 
-/// What the loaded model is, for logs, outputs and calibration files.
+/// Facts about a loaded model, for logs, outputs and calibration files.
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
     /// The file it was loaded from.
     pub path: PathBuf,
     /// SHA-256 of the file, lower-case hex.
     pub sha256: String,
-    /// How frames must be preprocessed for it.
+    /// Preprocessing that frames need for this model.
     pub preprocess: PreprocessSpec,
     /// One name per class.
     pub labels: Vec<String>,
@@ -324,12 +324,12 @@ impl Model {
         })
     }
 
-    /// What was loaded.
+    /// Returns the facts about what was loaded.
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
 
-    /// The final linear layer, read from the file.
+    /// Returns the final linear layer, read from the file.
     pub fn head(&self) -> &Head {
         &self.head
     }
@@ -369,7 +369,6 @@ impl Model {
         view.as_slice_mut::<f32>()
             .map_err(InferenceError::tract)?
             .copy_from_slice(input.as_slice());
-        drop(view);
 
         self.outputs = self
             .state
@@ -389,13 +388,12 @@ impl Model {
         let view = output.try_as_plain_ram().map_err(InferenceError::tract)?;
         out.features_mut()
             .copy_from_slice(view.as_slice::<f32>().map_err(InferenceError::tract)?);
-        drop(view);
         self.outputs.clear();
         Ok(())
     }
 }
 
-/// Why one frame could not be run through the model.
+/// Error from running one frame through the model.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum InferenceError {

@@ -27,7 +27,7 @@ pub enum GradNormScale {
 }
 
 impl GradNormScale {
-    /// The name used on the command line.
+    /// Returns the name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
             GradNormScale::Paper => "paper",

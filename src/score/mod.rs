@@ -52,7 +52,7 @@ impl ScorerKind {
         ScorerKind::Energy,
     ];
 
-    /// The name used on the command line and in calibration files.
+    /// Returns the name used on the command line and in calibration files.
     pub fn name(self) -> &'static str {
         match self {
             ScorerKind::GradNorm => "gradnorm",
@@ -100,7 +100,7 @@ impl FromStr for ScorerKind {
 /// value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Scorer {
-    /// Which method to apply.
+    /// The scoring method.
     pub kind: ScorerKind,
     /// Softmax temperature `T > 0`, used by GradNorm, MSP and energy (max-logit ignores it).
     pub temperature: f32,

@@ -8,7 +8,7 @@ use std::io::Cursor;
 /// stops pathological files.
 const DECODER_SCRATCH_LIMIT_BYTES: u64 = 256 << 20;
 
-/// Why an encoded image could not be decoded into a frame.
+/// Error from decoding an encoded image into a frame.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DecodeError {

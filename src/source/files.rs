@@ -17,7 +17,7 @@ pub enum SourceError {
     BadPattern {
         /// The pattern as given.
         pattern: String,
-        /// What the glob crate reported.
+        /// The glob crate's message.
         reason: String,
     },
     /// A glob pattern or folder that yields no image file.
@@ -127,7 +127,7 @@ fn has_image_extension(path: &Path) -> bool {
         })
 }
 
-/// Why a file could not be read.
+/// Error from reading a file.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ReadError {
@@ -166,7 +166,7 @@ impl std::error::Error for ReadError {
 /// Reads whole files into one buffer allocated at construction.
 pub struct FileReader {
     buf: Box<[u8]>,
-    /// Length of the last successful read; `buf[..len]` holds its bytes.
+    /// Length of the last successful read; `buf[..len]` contains its bytes.
     len: usize,
 }
 
@@ -179,7 +179,7 @@ impl FileReader {
         }
     }
 
-    /// The bytes of the last successful [`FileReader::read`] (empty before the first).
+    /// Returns the bytes of the last successful [`FileReader::read`] (empty before the first).
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }

@@ -1,4 +1,4 @@
-//! Where frames come from: image files, folders and globs, decoded into a [`FrameBuf`].
+//! Frame sources: image files, folders and globs, decoded into a [`FrameBuf`].
 //!
 //! Stage zero of the data path: bytes → **frame** → tensor → activations → score → gate →
 //! signal. [`expand_sources`] turns command-line sources into an ordered list of files once at

@@ -9,7 +9,7 @@ use gradgate::Pipeline;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// A path relative to the repository root.
+/// Returns a path relative to the repository root.
 pub fn repo(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
@@ -57,7 +57,7 @@ pub fn max_relative_to_peak(actual: &[f32], expected: &[f64]) -> f64 {
     diff / peak
 }
 
-/// The 8-bit RGB pixels of an image file, row-major.
+/// Decodes an image file to 8-bit RGB pixels, row-major.
 pub fn rgb8(path: &Path) -> (u32, u32, Vec<u8>) {
     let image = image::open(path).unwrap().to_rgb8();
     (image.width(), image.height(), image.into_raw())

@@ -74,7 +74,7 @@ pub fn with_int(mut node: NodeProto, name: &str, value: i64) -> NodeProto {
     node
 }
 
-/// A model over `input` with the given nodes, initializers and outputs (name, dims), and
+/// Encodes a model over `input` with the given nodes, initializers and outputs (name, dims), and
 /// gradgate metadata for a 4 × 4 input with no crop, mean 0, std 1 and `labels`.
 pub fn model(
     nodes: Vec<NodeProto>,
