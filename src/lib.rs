@@ -35,6 +35,7 @@
 
 pub mod activations;
 pub mod calibration;
+pub mod eval;
 pub mod frame;
 pub mod gate;
 pub mod model;
