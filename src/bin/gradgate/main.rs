@@ -1,0 +1,148 @@
+//! The `gradgate` command: score image files, calibrate thresholds.
+//!
+//! Exit codes: 0 when every frame was scored; 1 when the run finished but some frames were
+//! skipped (unreadable, corrupt or unsupported input); 2 on a fatal error (bad option, model,
+//! calibration or source) before any frame was scored.
+
+mod calibrate;
+mod eval;
+mod run;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use gradgate::frame::FrameLimits;
+use gradgate::Model;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Model used when neither --model nor GRADGATE_MODEL is given, relative to the working
+/// folder or, failing that, to the source tree the binary was built from.
+const BUNDLED_MODEL: &str = "models/efficientnet-lite0-int8.onnx";
+
+#[derive(Parser)]
+#[command(
+    name = "gradgate",
+    version,
+    about = "Flag camera frames that are out of a classifier's distribution"
+)]
+struct Cli {
+    /// More log output on stderr (-v: info, -vv: debug). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score images and print one JSON line per frame on stdout.
+    Run(run::RunArgs),
+    /// Score in-distribution images and store thresholds beside the model.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Compare scorers on in-distribution and OOD image sets: AUROC, AUPR, FPR at 95% TPR.
+    Eval(eval::EvalArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ModelArgs {
+    /// ONNX model file [default: GRADGATE_MODEL, else the bundled EfficientNet-Lite0 int8]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) model: Option<PathBuf>,
+    /// Softmax temperature T > 0 for GradNorm, MSP and energy
+    #[arg(long, default_value_t = 1.0, value_parser = positive_f32)]
+    pub(crate) temperature: f32,
+    /// Largest accepted image width or height, in pixels
+    #[arg(long, default_value_t = FrameLimits::default().max_side_px)]
+    pub(crate) max_side_px: u32,
+    /// Largest accepted width × height, in pixels
+    #[arg(long, default_value_t = FrameLimits::default().max_pixels)]
+    pub(crate) max_pixels: u64,
+    /// Largest accepted image file, in bytes
+    #[arg(long, default_value_t = FrameLimits::default().max_file_bytes)]
+    pub(crate) max_file_bytes: u64,
+}
+
+pub(crate) fn positive_f32(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+
+    let outcome = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Calibrate(args) => calibrate::calibrate(args),
+        Command::Eval(args) => eval::eval(args),
+    };
+    match outcome {
+        Ok(Outcome::AllFrames) => ExitCode::SUCCESS,
+        Ok(Outcome::SomeSkipped) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("gradgate: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub(crate) enum Outcome {
+    AllFrames,
+    SomeSkipped,
+}
+
+impl ModelArgs {
+    pub(crate) fn limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_side_px: self.max_side_px,
+            max_pixels: self.max_pixels,
+            max_file_bytes: self.max_file_bytes,
+        }
+    }
+
+    pub(crate) fn load(&self) -> Result<Model> {
+        let path = match &self.model {
+            Some(path) => path.clone(),
+            None => bundled_model(),
+        };
+        let started = Instant::now();
+        let model = Model::load(&path)?;
+        let info = model.info();
+        log::info!(
+            "loaded model {} (sha256 {}) in {} ms: {} classes, {} features from '{}', head {}{}, {} backbone nodes, input {}×{}",
+            path.display(),
+            info.sha256,
+            started.elapsed().as_millis(),
+            model.head().num_classes(),
+            model.head().feature_dim(),
+            info.features,
+            info.head,
+            if info.quantized_head { " (dequantized)" } else { "" },
+            info.backbone_nodes,
+            info.preprocess.size_px,
+            info.preprocess.size_px,
+        );
+        Ok(model)
+    }
+}
+
+fn bundled_model() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRADGATE_MODEL") {
+        return PathBuf::from(path);
+    }
+    let local = PathBuf::from(BUNDLED_MODEL);
+    if local.exists() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_MODEL)
+}

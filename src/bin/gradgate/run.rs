@@ -1,0 +1,160 @@
+//! `gradgate run`: score images and print one JSON line per frame.
+
+use crate::{ModelArgs, Outcome};
+use anyhow::{Context, Result};
+use clap::Args;
+use gradgate::calibration::{self, Calibration};
+use gradgate::source::expand_sources;
+use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Out-of-distribution score: gradnorm, msp, maxlogit or energy
+    #[arg(long, default_value = "gradnorm")]
+    scorer: ScorerKind,
+    /// GradNorm scale: paper (target 1/C) or official (target 1, C × paper)
+    #[arg(long, default_value = "paper")]
+    gradnorm_scale: GradNormScale,
+    /// Threshold in the scorer's own scale; frames scoring below it are out-of-distribution
+    /// [default: from the calibration file]
+    #[arg(long, allow_negative_numbers = true)]
+    threshold: Option<f32>,
+    /// Calibration file [default: the model path with .calibration.json]
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+    /// Image files, folders (searched recursively for .jpg, .jpeg, .png, .webp) or glob patterns
+    #[arg(required = true, value_name = "SOURCE")]
+    sources: Vec<String>,
+}
+
+/// One line of `run` output.
+#[derive(Serialize)]
+struct FrameLine<'a> {
+    source: &'a str,
+    frame: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ood: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prob: Option<f32>,
+    scorer: &'a str,
+    latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
+    let model = args.model.load()?;
+    let scorer = Scorer {
+        kind: args.scorer,
+        temperature: args.model.temperature,
+        gradnorm_scale: args.gradnorm_scale,
+    };
+    let threshold = match args.threshold {
+        Some(threshold) => threshold,
+        None => {
+            let path = args
+                .calibration
+                .clone()
+                .unwrap_or_else(|| calibration::path_for_model(&model.info().path));
+            let calibration = Calibration::load(&path)?;
+            let paper = calibration.threshold(
+                &path,
+                &model.info().sha256,
+                scorer.kind,
+                scorer.temperature,
+            )?;
+            log::info!(
+                "threshold for {} from calibration {}",
+                scorer.kind,
+                path.display()
+            );
+            scorer.threshold_from_paper_scale(paper, model.head().num_classes())
+        }
+    };
+    let files = expand_sources(&args.sources)?;
+    log::info!(
+        "run started: {} files, scorer {}, threshold {threshold}",
+        files.len(),
+        scorer.kind
+    );
+
+    let mut pipeline = Pipeline::new(model, scorer, Gate::new(threshold), args.model.limits());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (mut inside, mut outside, mut skipped) = (0usize, 0usize, 0usize);
+    for (frame, path) in files.iter().enumerate() {
+        let started = Instant::now();
+        let result = pipeline.step(path);
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let source = path.to_string_lossy();
+        let line = match result {
+            Ok(result) => {
+                if result.verdict.ood {
+                    outside += 1;
+                } else {
+                    inside += 1;
+                }
+                FrameLine {
+                    source: &source,
+                    frame,
+                    score: Some(result.verdict.score),
+                    threshold: Some(result.verdict.threshold),
+                    ood: Some(result.verdict.ood),
+                    label: pipeline
+                        .model()
+                        .info()
+                        .labels
+                        .get(result.top1)
+                        .map(String::as_str),
+                    prob: Some(result.prob),
+                    scorer: scorer.kind.name(),
+                    latency_ms,
+                    error: None,
+                }
+            }
+            Err(err) => {
+                skipped += 1;
+                log::warn!("skipped frame {frame} ({source}): {err}");
+                FrameLine {
+                    source: &source,
+                    frame,
+                    score: None,
+                    threshold: None,
+                    ood: None,
+                    label: None,
+                    prob: None,
+                    scorer: scorer.kind.name(),
+                    latency_ms,
+                    error: Some(err.to_string()),
+                }
+            }
+        };
+        serde_json::to_writer(&mut out, &line).context("cannot write to stdout")?;
+        writeln!(out).context("cannot write to stdout")?;
+    }
+    out.flush().context("cannot write to stdout")?;
+
+    log::info!("run finished");
+    eprintln!(
+        "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped (scorer {}, threshold {threshold})",
+        files.len(),
+        scorer.kind
+    );
+    Ok(if skipped == 0 {
+        Outcome::AllFrames
+    } else {
+        Outcome::SomeSkipped
+    })
+}
