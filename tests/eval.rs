@@ -111,6 +111,39 @@ fn near_blank_frames_are_separated_by_gradnorm() {
 }
 
 #[test]
+fn eval_writes_roc_and_histogram_plots() {
+    let cache = tempfile::tempdir().unwrap();
+    let plots = tempfile::tempdir().unwrap();
+    let output = gradgate(&[
+        "eval",
+        "--id",
+        "tests/data/id",
+        "--ood",
+        "icon=tests/data/ood/icon",
+        "--cache",
+        cache.path().to_str().unwrap(),
+        "--plots",
+        plots.path().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for detector in ["gradnorm", "msp", "maxlogit", "energy"] {
+        for plot in ["roc", "histogram"] {
+            let path = plots.path().join(format!("{detector}-{plot}.svg"));
+            assert!(
+                std::fs::read_to_string(&path).unwrap().starts_with("<svg"),
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
 fn duplicate_ood_set_name_is_rejected() {
     let output = gradgate(&[
         "eval",

@@ -8,6 +8,7 @@
 pub mod cache;
 mod collect;
 pub mod metrics;
+pub mod plot;
 
 pub use cache::{sha256_hex, CachedActivations, FeatureCache};
 pub use collect::{collect_activations, score_cached, Collected};

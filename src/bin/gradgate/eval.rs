@@ -3,8 +3,9 @@
 use crate::{ModelArgs, Outcome};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use gradgate::calibration::{self, Calibration};
 use gradgate::eval::metrics::{evaluate, Metrics};
-use gradgate::eval::{collect_activations, score_cached, Collected, FeatureCache};
+use gradgate::eval::{collect_activations, plot, score_cached, Collected, FeatureCache};
 use gradgate::source::expand_sources;
 use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,6 +33,9 @@ pub(crate) struct EvalArgs {
     /// Run the model on every image, neither reading nor writing the feature cache
     #[arg(long)]
     no_cache: bool,
+    /// Folder for SVG plots: a ROC curve and a score histogram per detector
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,20 +128,47 @@ pub(crate) fn eval(args: EvalArgs) -> Result<Outcome> {
     report_collection(&id, &ood);
 
     // Score every set with every detector and compute the metrics.
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create plot folder {}", dir.display()))?;
+    }
+    let calibration = load_calibration(pipeline.model());
     let head = pipeline.model().head();
     let mut rows: Vec<(String, String, Metrics)> = Vec::new();
     for kind in ScorerKind::ALL {
         let scorer = Scorer { kind, ..scorer };
         let id_scores = score_cached(head, &scorer, &id.activations);
         let mut per_set = Vec::new();
+        let mut ood_scores = Vec::new();
         for (name, set) in &ood {
-            let ood_scores = score_cached(head, &scorer, &set.activations);
-            let metrics = evaluate(&id_scores, &ood_scores)
+            let scores = score_cached(head, &scorer, &set.activations);
+            let metrics = evaluate(&id_scores, &scores)
                 .with_context(|| format!("cannot evaluate {kind} on OOD set '{name}'"))?;
             per_set.push(metrics);
             rows.push((kind.name().to_string(), name.clone(), metrics));
+            ood_scores.push((name.as_str(), scores));
         }
         rows.push((kind.name().to_string(), "mean".to_string(), mean(&per_set)));
+
+        if let Some(dir) = &args.plots {
+            let sets: Vec<(&str, &[f32])> = ood_scores
+                .iter()
+                .map(|(name, scores)| (*name, scores.as_slice()))
+                .collect();
+            let threshold = calibration
+                .as_ref()
+                .and_then(|c| c.scorers.get(kind.name()))
+                .map(|summary| summary.threshold);
+            let roc = dir.join(format!("{kind}-roc.svg"));
+            let histogram = dir.join(format!("{kind}-histogram.svg"));
+            plot::write_roc(&roc, kind.name(), &id_scores, &sets)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", roc.display()))?;
+            plot::write_histogram(&histogram, kind.name(), &id_scores, &sets, threshold)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", histogram.display()))?;
+        }
+    }
+    if let Some(dir) = &args.plots {
+        eprintln!("gradgate: plots written to {}", dir.display());
     }
 
     print_rows(args.format, &rows).context("cannot write to stdout")?;
@@ -147,6 +178,14 @@ pub(crate) fn eval(args: EvalArgs) -> Result<Outcome> {
     } else {
         Outcome::SomeSkipped
     })
+}
+
+/// The model's calibration at the evaluation's temperature, for marking thresholds on the
+/// histograms; `None` when there is none or it belongs to another model.
+fn load_calibration(model: &gradgate::Model) -> Option<Calibration> {
+    let path = calibration::path_for_model(&model.info().path);
+    let calibration = Calibration::load(&path).ok()?;
+    (calibration.model_sha256 == model.info().sha256).then_some(calibration)
 }
 
 fn report_collection(id: &Collected, ood: &[(String, Collected)]) {
