@@ -144,14 +144,8 @@ impl fmt::Display for CalibrationError {
     }
 }
 
-impl std::error::Error for CalibrationError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            CalibrationError::Read { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+// No `source()`: every message already contains its cause, and `main` prints the chain.
+impl std::error::Error for CalibrationError {}
 
 /// Returns the calibration file that belongs to `model`: `m.onnx` → `m.calibration.json`.
 pub fn path_for_model(model: &Path) -> PathBuf {
@@ -160,11 +154,13 @@ pub fn path_for_model(model: &Path) -> PathBuf {
 
 /// Summarizes scores and picks the threshold that at least [`TARGET_TPR`] of them reach.
 ///
-/// With the n scores sorted ascending, the threshold is the score at index
-/// ⌊(1 − TPR)·n⌋, so at least ⌈TPR·n⌉ scores are ≥ it (more when scores tie). Returns
-/// `None` for an empty slice or when any score is NaN.
+/// With the n scores sorted ascending and k = ⌊(1 − TPR)·n⌋, the threshold lies halfway
+/// between the scores at k − 1 and k (just below the lowest score when k = 0), so at least
+/// ⌈TPR·n⌉ scores are ≥ it (more when scores tie). The margin matters: a threshold equal to a
+/// calibration score flips that frame on a CPU whose kernels round one ulp differently.
+/// Returns `None` for an empty slice or when any score is not finite.
 pub fn summarize(scores: &[f32]) -> Option<ScoreSummary> {
-    if scores.is_empty() || scores.iter().any(|s| s.is_nan()) {
+    if scores.is_empty() || scores.iter().any(|s| !s.is_finite()) {
         return None;
     }
     let mut sorted = scores.to_vec();
@@ -177,8 +173,15 @@ pub fn summarize(scores: &[f32]) -> Option<ScoreSummary> {
         .map(|&s| (f64::from(s) - mean).powi(2))
         .sum::<f64>()
         / n as f64;
+    let k = (((1.0 - TARGET_TPR) * n as f64).floor() as usize).min(n - 1);
+    let threshold = if k == 0 {
+        let lowest = f64::from(sorted[0]);
+        (lowest - 1e-6 * lowest.abs().max(1.0)) as f32
+    } else {
+        ((f64::from(sorted[k - 1]) + f64::from(sorted[k])) / 2.0) as f32
+    };
     Some(ScoreSummary {
-        threshold: rank(1.0 - TARGET_TPR),
+        threshold,
         min: sorted[0],
         p05: rank(0.05),
         median: rank(0.5),
@@ -222,7 +225,7 @@ impl Calibration {
         scorer: ScorerKind,
         temperature: f32,
     ) -> Result<f32, CalibrationError> {
-        if self.model_sha256 != model_sha256 {
+        if !self.model_sha256.eq_ignore_ascii_case(model_sha256) {
             return Err(CalibrationError::WrongModel {
                 path: path.to_path_buf(),
                 expected: self.model_sha256.clone(),
@@ -254,19 +257,24 @@ mod tests {
     fn threshold_passes_at_least_95_percent() {
         let scores: Vec<f32> = (0..20).map(|i| i as f32).collect();
         let summary = summarize(&scores).unwrap();
-        // ⌊0.05 · 20⌋ = 1, so 19 of 20 scores (95%) are ≥ 1.
-        assert_eq!(summary.threshold, 1.0);
+        // ⌊0.05 · 20⌋ = 1: halfway between the scores 0 and 1, so 19 of 20 (95%) pass.
+        assert_eq!(summary.threshold, 0.5);
     }
 
     #[test]
-    fn threshold_of_few_scores_is_minimum() {
+    fn threshold_of_few_scores_is_below_minimum() {
         let summary = summarize(&[3.0, 1.0, 2.0]).unwrap();
-        assert_eq!(summary.threshold, 1.0);
+        assert_eq!(summary.threshold, 0.999999);
     }
 
     #[test]
     fn summary_of_nan_is_none() {
         assert_eq!(summarize(&[1.0, f32::NAN]), None);
+    }
+
+    #[test]
+    fn summary_of_infinite_score_is_none() {
+        assert_eq!(summarize(&[1.0, f32::INFINITY]), None);
     }
 
     #[test]

@@ -99,7 +99,7 @@ fn frames() -> Vec<PathBuf> {
     ]
     .iter()
     .map(|p| root.join(p))
-    .flat_map(|p| gradgate::source::expand_sources(&[p.to_string_lossy()]).unwrap())
+    .flat_map(|p| gradgate::source::expand_sources(&[p]).unwrap())
     .collect()
 }
 

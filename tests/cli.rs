@@ -184,7 +184,7 @@ fn bad_frames_are_skipped_and_counted() {
         args.push(path.to_string_lossy().into_owned());
     }
     args.push(
-        copy_into(dir.path(), "tests/data/id/espresso-cup.jpg", "h-good.jpg")
+        copy_into(dir.path(), "tests/data/id/espresso-cup.jpg", "z-good.jpg")
             .to_string_lossy()
             .into_owned(),
     );

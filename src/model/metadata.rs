@@ -16,6 +16,10 @@ use tract_onnx::pb::ModelProto;
 
 /// Metadata key of the preprocessing description.
 pub const PREPROCESS_KEY: &str = "gradgate.preprocess";
+/// Largest input side accepted from metadata, in pixels. Image classifiers take 224 to 600;
+/// the bound stops a typo from sizing a tensor of many gigabytes.
+const MAX_INPUT_SIZE_PX: u32 = 4096;
+
 /// Metadata key of the class names.
 pub const LABELS_KEY: &str = "gradgate.labels";
 
@@ -75,11 +79,17 @@ pub fn preprocess(proto: &ModelProto, path: &Path) -> Result<Option<PreprocessSp
             ),
         ));
     }
-    if meta.size == 0 || !(meta.crop_fraction > 0.0 && meta.crop_fraction <= 1.0) {
+    if meta.size == 0
+        || meta.size > MAX_INPUT_SIZE_PX
+        || !(meta.crop_fraction > 0.0 && meta.crop_fraction <= 1.0)
+    {
         return Err(bad(
             path,
             PREPROCESS_KEY,
-            format!("size {} and crop_fraction {} are out of range; expected size > 0 and 0 < crop_fraction ≤ 1", meta.size, meta.crop_fraction),
+            format!(
+                "size {} and crop_fraction {} are out of range; expected 0 < size ≤ {MAX_INPUT_SIZE_PX} and 0 < crop_fraction ≤ 1",
+                meta.size, meta.crop_fraction
+            ),
         ));
     }
     if meta.std.iter().any(|s| s.is_nan() || *s <= 0.0) || meta.mean.iter().any(|m| !m.is_finite())
@@ -110,4 +120,45 @@ pub fn labels(proto: &ModelProto, path: &Path) -> Result<Option<Vec<String>>, Mo
     serde_json::from_str(json)
         .map(Some)
         .map_err(|e| bad(path, LABELS_KEY, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::StringStringEntryProto;
+
+    fn proto_with_preprocess(json: &str) -> ModelProto {
+        ModelProto {
+            metadata_props: vec![StringStringEntryProto {
+                key: PREPROCESS_KEY.into(),
+                value: json.into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn huge_input_size_is_rejected() {
+        let proto = proto_with_preprocess(
+            r#"{"size": 100000, "crop_fraction": 1.0, "resize": "pil_bilinear", "mean": [0, 0, 0], "std": [1, 1, 1], "alpha_background": 255, "channel_order": "RGB", "layout": "NCHW"}"#,
+        );
+        let err = preprocess(&proto, Path::new("m.onnx")).unwrap_err();
+        assert!(
+            err.to_string().contains("expected 0 < size ≤ 4096"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_resize_filter_is_rejected() {
+        let proto = proto_with_preprocess(
+            r#"{"size": 224, "crop_fraction": 1.0, "resize": "bicubic", "mean": [0, 0, 0], "std": [1, 1, 1], "alpha_background": 255, "channel_order": "RGB", "layout": "NCHW"}"#,
+        );
+        let err = preprocess(&proto, Path::new("m.onnx")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("resize 'bicubic' is not supported"),
+            "{err}"
+        );
+    }
 }

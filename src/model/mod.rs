@@ -150,14 +150,8 @@ impl fmt::Display for ModelError {
     }
 }
 
-impl std::error::Error for ModelError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ModelError::Read { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+// No `source()`: every message already contains its cause, and `main` prints the chain.
+impl std::error::Error for ModelError {}
 
 /// Facts about a loaded model, for logs, outputs and calibration files.
 #[derive(Clone, Debug)]

@@ -2,6 +2,10 @@ use crate::frame::{FrameBuf, FrameLimits, PixelFormat};
 use image::{ColorType, ImageDecoder, ImageFormat, ImageReader, Limits};
 use std::fmt;
 use std::io::Cursor;
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+use zune_jpeg::JpegDecoder;
 
 /// Memory the image crate's decoders may allocate for their own state, in bytes. Their
 /// scratch space is a few rows or blocks of the image, far below this, so the limit only
@@ -41,6 +45,9 @@ pub enum DecodeError {
         /// Capacity of the frame buffer in bytes.
         capacity_bytes: usize,
     },
+    /// The header declares an image whose decoder state alone would exceed
+    /// the decoder memory limit (256 MiB), before gradgate can read the size.
+    DecoderMemory,
     /// A pixel layout gradgate does not convert (for example 32-bit float).
     UnsupportedColor(ColorType),
     /// A JPEG stream that ends before its end-of-image marker. The JPEG decoder would fill
@@ -49,6 +56,9 @@ pub enum DecodeError {
         /// Length of the stream in bytes.
         len: usize,
     },
+    /// A JPEG stream whose headers or entropy-coded data are invalid, including scans that
+    /// run out of data before the image declared by the header is complete.
+    InvalidJpeg(String),
     /// The data is invalid or truncated.
     Invalid(image::ImageError),
 }
@@ -85,6 +95,10 @@ impl fmt::Display for DecodeError {
                  holds {capacity_bytes}; raise --max-pixels or convert the image to 8 bits",
                 *width as u64 * *height as u64 * format.bytes_per_pixel() as u64
             ),
+            DecodeError::DecoderMemory => f.write_str(
+                "image header declares a size whose decoding needs more than 256 MiB of decoder \
+                 memory; downscale the image",
+            ),
             DecodeError::UnsupportedColor(color) => write!(
                 f,
                 "unsupported pixel layout {color:?}: expected 8- or 16-bit grey, grey with alpha, \
@@ -94,25 +108,35 @@ impl fmt::Display for DecodeError {
                 f,
                 "truncated JPEG: no end-of-image marker after the last scan in {len} bytes"
             ),
-            DecodeError::Invalid(err) => write!(f, "invalid or truncated image data: {err}"),
+            DecodeError::InvalidJpeg(reason) => {
+                write!(f, "invalid or truncated JPEG data: {reason}")
+            }
+            DecodeError::Invalid(err) => {
+                // Some decoders end their messages with a newline.
+                write!(
+                    f,
+                    "invalid or truncated image data: {}",
+                    err.to_string().trim_end()
+                )
+            }
         }
     }
 }
 
-impl std::error::Error for DecodeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            DecodeError::Invalid(err) => Some(err),
-            _ => None,
-        }
-    }
-}
+// No `source()`: every message already contains its cause, and callers that print the
+// chain would repeat it.
+impl std::error::Error for DecodeError {}
 
 /// Decodes a JPEG, PNG or WebP image from `bytes` into `out`.
 ///
 /// The header is checked against `limits` before any pixel is decoded; on error `out` keeps
-/// its previous frame. gradgate's own code allocates nothing here, but the image crate's
-/// decoders allocate their internal state (Huffman tables, row buffers) on every call.
+/// its previous frame. gradgate's own code allocates nothing here, but the decoders allocate
+/// their internal state (Huffman tables, row buffers) on every call. JPEG is decoded in
+/// zune-jpeg's strict mode, which rejects markers where scan data belongs.
+///
+/// NOTE: a JPEG whose scan stops early at an end-of-image marker (a cut file with the
+/// marker appended, or a header declaring more rows than the scan holds) still decodes,
+/// with the missing blocks filled in; zune-jpeg 0.5.15 accepts it even in strict mode.
 pub fn decode_into(
     bytes: &[u8],
     limits: &FrameLimits,
@@ -127,15 +151,21 @@ pub fn decode_into(
         Ok(format @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => format,
         _ => return Err(unsupported_format(bytes)),
     };
-    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
-        return Err(DecodeError::TruncatedJpeg { len: bytes.len() });
+    if format == ImageFormat::Jpeg {
+        if !jpeg_has_end_marker(bytes) {
+            return Err(DecodeError::TruncatedJpeg { len: bytes.len() });
+        }
+        return decode_jpeg(bytes, limits, out);
     }
     let mut reader = ImageReader::new(Cursor::new(bytes));
     reader.set_format(format);
     let mut decoder_limits = Limits::default();
     decoder_limits.max_alloc = Some(DECODER_SCRATCH_LIMIT_BYTES);
     reader.limits(decoder_limits);
-    let decoder = reader.into_decoder().map_err(DecodeError::Invalid)?;
+    let decoder = reader.into_decoder().map_err(|err| match err {
+        image::ImageError::Limits(_) => DecodeError::DecoderMemory,
+        err => DecodeError::Invalid(err),
+    })?;
 
     // Check the declared size before anything is decoded.
     let (width, height) = decoder.dimensions();
@@ -163,6 +193,64 @@ pub fn decode_into(
         })?;
 
     decoder.read_image(pixels).map_err(DecodeError::Invalid)
+}
+
+fn check_size(width: u32, height: u32, limits: &FrameLimits) -> Result<(), DecodeError> {
+    if width == 0
+        || height == 0
+        || width > limits.max_side_px
+        || height > limits.max_side_px
+        || u64::from(width) * u64::from(height) > limits.max_pixels
+    {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            limits: *limits,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a JPEG with zune-jpeg in strict mode, the decoder the image crate wraps in lenient
+/// mode, with the same output colour spaces: grey stays grey, everything else becomes RGB.
+fn decode_jpeg(bytes: &[u8], limits: &FrameLimits, out: &mut FrameBuf) -> Result<(), DecodeError> {
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder
+        .decode_headers()
+        .map_err(|e| DecodeError::InvalidJpeg(e.to_string()))?;
+    let (width, height) = decoder
+        .dimensions()
+        .ok_or_else(|| DecodeError::InvalidJpeg("no frame header".into()))?;
+    // JPEG dimensions are 16-bit, so these conversions cannot fail.
+    let (width, height) = (width as u32, height as u32);
+    check_size(width, height, limits)?;
+
+    let input = decoder
+        .input_colorspace()
+        .ok_or_else(|| DecodeError::InvalidJpeg("no colour space".into()))?;
+    let (colour, format) = match input {
+        ColorSpace::Luma => (ColorSpace::Luma, PixelFormat::L8),
+        ColorSpace::LumaA => (ColorSpace::LumaA, PixelFormat::La8),
+        ColorSpace::RGBA => (ColorSpace::RGBA, PixelFormat::Rgba8),
+        _ => (ColorSpace::RGB, PixelFormat::Rgb8),
+    };
+    decoder.set_options(decoder.options().jpeg_set_out_colorspace(colour));
+    let capacity_bytes = out.capacity_bytes();
+    let pixels = out
+        .prepare(width, height, format)
+        .ok_or(DecodeError::BufferTooSmall {
+            width,
+            height,
+            format,
+            capacity_bytes,
+        })?;
+    decoder
+        .decode_into(pixels)
+        .map_err(|e| DecodeError::InvalidJpeg(e.to_string().trim_end().to_string()))
 }
 
 /// Returns true when an end-of-image marker (FF D9) follows the last start-of-scan marker

@@ -1,3 +1,5 @@
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -12,7 +14,9 @@ pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 #[non_exhaustive]
 pub enum SourceError {
     /// Not an existing path and not a glob pattern.
-    NotFound(String),
+    NotFound(PathBuf),
+    /// An existing path that is neither a regular file nor a folder (a named pipe, a device).
+    NotRegularFile(PathBuf),
     /// A glob pattern that does not parse.
     BadPattern {
         /// The pattern as given.
@@ -21,14 +25,7 @@ pub enum SourceError {
         reason: String,
     },
     /// A glob pattern or folder that yields no image file.
-    NoImages(String),
-    /// A folder that cannot be listed.
-    Io {
-        /// The folder.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
+    NoImages(PathBuf),
 }
 
 impl fmt::Display for SourceError {
@@ -36,85 +33,118 @@ impl fmt::Display for SourceError {
         match self {
             SourceError::NotFound(source) => write!(
                 f,
-                "source '{source}' not found: expected an image file, a folder or a glob pattern"
+                "source '{}' not found: expected an image file, a folder or a glob pattern",
+                source.display()
+            ),
+            SourceError::NotRegularFile(source) => write!(
+                f,
+                "source '{}' is not a regular file or a folder; pipe camera streams through a file or folder instead",
+                source.display()
             ),
             SourceError::BadPattern { pattern, reason } => {
                 write!(f, "invalid glob pattern '{pattern}': {reason}")
             }
             SourceError::NoImages(source) => write!(
                 f,
-                "source '{source}' contains no image files (extensions {})",
+                "source '{}' contains no image files (folders are searched for extensions {})",
+                source.display(),
                 IMAGE_EXTENSIONS.join(", ")
             ),
-            SourceError::Io { path, source } => {
-                write!(f, "cannot list folder {}: {source}", path.display())
-            }
         }
     }
 }
 
-impl std::error::Error for SourceError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SourceError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for SourceError {}
 
 /// Expands command-line sources into an ordered list of image files.
 ///
-/// A source is a file (taken as is), a folder (every file with an [`IMAGE_EXTENSIONS`]
-/// extension below it, recursively, sorted by path) or a glob pattern (its matches, sorted).
-/// Sources keep their command-line order. Runs once at start-up and allocates freely.
-pub fn expand_sources<S: AsRef<str>>(sources: &[S]) -> Result<Vec<PathBuf>, SourceError> {
+/// A source is a regular file (taken as is), a folder (every regular file with an
+/// [`IMAGE_EXTENSIONS`] extension below it, recursively, sorted by path) or a glob pattern
+/// (its matching files as is and its matching folders searched like a folder, sorted).
+/// Sources keep their command-line order. Symbolic links are followed, but each folder is
+/// searched once, so a link cycle ends the walk instead of repeating it. Folders and glob
+/// entries that cannot be read are logged and skipped. Runs once at start-up and allocates
+/// freely.
+pub fn expand_sources<S: AsRef<OsStr>>(sources: &[S]) -> Result<Vec<PathBuf>, SourceError> {
     let mut files = Vec::new();
+    let mut visited = HashSet::new();
     for source in sources {
-        let source = source.as_ref();
-        let path = Path::new(source);
+        let path = Path::new(source.as_ref());
         let before = files.len();
         if path.is_dir() {
-            collect_folder(path, &mut files)?;
+            collect_folder(path, &mut files, &mut visited);
             files[before..].sort();
-        } else if path.exists() {
+        } else if path.is_file() {
             files.push(path.to_path_buf());
-        } else if source.contains(['*', '?', '[']) {
-            let matches = glob::glob(source).map_err(|err| SourceError::BadPattern {
-                pattern: source.to_string(),
-                reason: err.msg.to_string(),
-            })?;
-            // Unreadable entries are skipped here and reported when the file is read.
-            files.extend(matches.filter_map(Result::ok).filter(|p| p.is_file()));
+        } else if path.exists() {
+            return Err(SourceError::NotRegularFile(path.to_path_buf()));
+        } else if let Some(pattern) = path.to_str().filter(|p| p.contains(['*', '?', '['])) {
+            collect_glob(pattern, &mut files, &mut visited)?;
             files[before..].sort();
         } else {
-            return Err(SourceError::NotFound(source.to_string()));
+            return Err(SourceError::NotFound(path.to_path_buf()));
         }
         if files.len() == before {
-            return Err(SourceError::NoImages(source.to_string()));
+            return Err(SourceError::NoImages(path.to_path_buf()));
         }
     }
     Ok(files)
 }
 
-fn collect_folder(folder: &Path, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
-    let entries = std::fs::read_dir(folder).map_err(|source| SourceError::Io {
-        path: folder.to_path_buf(),
-        source,
+fn collect_glob(
+    pattern: &str,
+    files: &mut Vec<PathBuf>,
+    visited: &mut HashSet<PathBuf>,
+) -> Result<(), SourceError> {
+    let matches = glob::glob(pattern).map_err(|err| SourceError::BadPattern {
+        pattern: pattern.to_string(),
+        reason: err.msg.to_string(),
     })?;
-    for entry in entries {
-        let path = entry
-            .map_err(|source| SourceError::Io {
-                path: folder.to_path_buf(),
-                source,
-            })?
-            .path();
-        if path.is_dir() {
-            collect_folder(&path, files)?;
-        } else if has_image_extension(&path) {
-            files.push(path);
+    for entry in matches {
+        match entry {
+            Ok(path) if path.is_dir() => collect_folder(&path, files, visited),
+            Ok(path) if path.is_file() => files.push(path),
+            Ok(path) => log::warn!("skipped {}: not a regular file", path.display()),
+            Err(err) => log::warn!("skipped {}: {}", err.path().display(), err.error()),
         }
     }
     Ok(())
+}
+
+fn collect_folder(folder: &Path, files: &mut Vec<PathBuf>, visited: &mut HashSet<PathBuf>) {
+    // Canonical paths identify a folder however it was reached, so link cycles stop here.
+    match folder.canonicalize() {
+        Ok(canonical) => {
+            if !visited.insert(canonical) {
+                return;
+            }
+        }
+        Err(err) => {
+            log::warn!("skipped folder {}: {err}", folder.display());
+            return;
+        }
+    }
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(err) => {
+            log::warn!("skipped folder {}: cannot list it: {err}", folder.display());
+            return;
+        }
+    };
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(err) => {
+                log::warn!("skipped an entry of folder {}: {err}", folder.display());
+                continue;
+            }
+        };
+        if path.is_dir() {
+            collect_folder(&path, files, visited);
+        } else if path.is_file() && has_image_extension(&path) {
+            files.push(path);
+        }
+    }
 }
 
 fn has_image_extension(path: &Path) -> bool {
@@ -133,6 +163,8 @@ fn has_image_extension(path: &Path) -> bool {
 pub enum ReadError {
     /// Opening or reading failed.
     Io(io::Error),
+    /// The path is not a regular file (a named pipe or device would block or never end).
+    NotRegularFile,
     /// The file is larger than the configured maximum.
     TooLarge {
         /// Size of the file in bytes, or the bytes read before the limit was hit.
@@ -146,6 +178,7 @@ impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReadError::Io(err) => write!(f, "cannot read file: {err}"),
+            ReadError::NotRegularFile => f.write_str("not a regular file"),
             ReadError::TooLarge { bytes, max_bytes } => write!(
                 f,
                 "file has {bytes} bytes, above the limit of {max_bytes}; raise --max-file-bytes"
@@ -154,14 +187,7 @@ impl fmt::Display for ReadError {
     }
 }
 
-impl std::error::Error for ReadError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ReadError::Io(err) => Some(err),
-            ReadError::TooLarge { .. } => None,
-        }
-    }
-}
+impl std::error::Error for ReadError {}
 
 /// Reads whole files into one buffer allocated at construction.
 pub struct FileReader {
@@ -197,6 +223,10 @@ impl FileReader {
 
     fn read_to_buffer(&mut self, path: &Path) -> Result<usize, ReadError> {
         let max_bytes = self.buf.len() as u64;
+        // Check before opening: opening a named pipe blocks until a writer appears.
+        if !std::fs::metadata(path).map_err(ReadError::Io)?.is_file() {
+            return Err(ReadError::NotRegularFile);
+        }
         let mut file = File::open(path).map_err(ReadError::Io)?;
         let declared = file.metadata().map_err(ReadError::Io)?.len();
         if declared > max_bytes {
@@ -239,6 +269,55 @@ mod tests {
     fn missing_source_is_not_found() {
         let err = expand_sources(&["/nonexistent/gradgate/x.jpg"]).unwrap_err();
         assert!(matches!(err, SourceError::NotFound(_)), "{err}");
+    }
+
+    #[test]
+    fn folder_link_cycle_is_searched_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("a");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(inner.join("x.jpg"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path(), inner.join("loop")).unwrap();
+        let files = expand_sources(&[dir.path()]).unwrap();
+        assert_eq!(files, vec![inner.join("x.jpg")]);
+    }
+
+    #[test]
+    fn glob_matching_folders_searches_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("set")).unwrap();
+        std::fs::write(dir.path().join("set").join("x.png"), b"x").unwrap();
+        let pattern = format!("{}/*", dir.path().display());
+        assert_eq!(
+            expand_sources(&[pattern]).unwrap(),
+            vec![dir.path().join("set").join("x.png")]
+        );
+    }
+
+    #[test]
+    fn named_pipe_source_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cam.jpg");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = expand_sources(&[&fifo]).unwrap_err();
+        assert!(matches!(err, SourceError::NotRegularFile(_)), "{err}");
+    }
+
+    #[test]
+    fn reader_rejects_named_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cam.jpg");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = FileReader::new(16).read(&fifo).unwrap_err();
+        assert!(matches!(err, ReadError::NotRegularFile), "{err}");
     }
 
     #[test]

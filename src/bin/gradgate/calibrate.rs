@@ -17,7 +17,7 @@ pub(crate) struct CalibrateArgs {
     out: Option<PathBuf>,
     /// In-distribution images: files, folders or glob patterns
     #[arg(required = true, value_name = "SOURCE")]
-    sources: Vec<String>,
+    sources: Vec<std::ffi::OsString>,
 }
 
 pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
@@ -81,7 +81,11 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
         temperature: args.model.temperature,
         target_tpr: TARGET_TPR,
         images,
-        sources: args.sources.clone(),
+        sources: args
+            .sources
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect(),
         scorers: summaries,
     };
     let json =

@@ -20,7 +20,7 @@ pub(crate) struct EvalArgs {
     model: ModelArgs,
     /// In-distribution images: files, folders or glob patterns
     #[arg(long = "id", required = true, value_name = "SOURCE")]
-    id: Vec<String>,
+    id: Vec<std::ffi::OsString>,
     /// An OOD set as NAME=SOURCE (file, folder or glob pattern); repeat for more sets
     #[arg(long = "ood", required = true, value_name = "NAME=SOURCE", value_parser = parse_named_set)]
     ood: Vec<(String, String)>,

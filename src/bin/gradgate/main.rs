@@ -49,24 +49,43 @@ pub(crate) struct ModelArgs {
     /// ONNX model file [default: GRADGATE_MODEL, else the bundled EfficientNet-Lite0 int8]
     #[arg(long, value_name = "FILE")]
     pub(crate) model: Option<PathBuf>,
-    /// Softmax temperature T > 0 for GradNorm, MSP and energy
-    #[arg(long, default_value_t = 1.0, value_parser = positive_f32)]
+    /// Softmax temperature T for GradNorm, MSP and energy, from 0.001 to 10000
+    #[arg(long, default_value_t = 1.0, value_parser = temperature, allow_negative_numbers = true)]
     pub(crate) temperature: f32,
-    /// Largest accepted image width or height, in pixels
-    #[arg(long, default_value_t = FrameLimits::default().max_side_px)]
+    /// Largest accepted image width or height, in pixels (at most 65535)
+    #[arg(long, default_value_t = FrameLimits::default().max_side_px,
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub(crate) max_side_px: u32,
-    /// Largest accepted width × height, in pixels
-    #[arg(long, default_value_t = FrameLimits::default().max_pixels)]
+    /// Largest accepted width × height, in pixels (at most 268435456, a 1 GiB frame buffer)
+    #[arg(long, default_value_t = FrameLimits::default().max_pixels,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_PIXELS_LIMIT))]
     pub(crate) max_pixels: u64,
-    /// Largest accepted image file, in bytes
-    #[arg(long, default_value_t = FrameLimits::default().max_file_bytes)]
+    /// Largest accepted image file, in bytes (at most 1073741824)
+    #[arg(long, default_value_t = FrameLimits::default().max_file_bytes,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_FILE_BYTES_LIMIT))]
     pub(crate) max_file_bytes: u64,
 }
 
-pub(crate) fn positive_f32(s: &str) -> Result<f32, String> {
+/// Upper bound of --max-pixels: the frame buffer takes 4 bytes per pixel, so 2²⁸ pixels is a
+/// 1 GiB buffer, more than any board gradgate targets can spare.
+const MAX_PIXELS_LIMIT: u64 = 1 << 28;
+/// Upper bound of --max-file-bytes, for the same reason: the file buffer is allocated whole.
+const MAX_FILE_BYTES_LIMIT: u64 = 1 << 30;
+
+/// Parses a temperature: finite, from 0.001 to 10000. Outside that range the scores
+/// overflow or underflow `f32` for logits of the size classifiers produce.
+fn temperature(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("'{s}' is not a positive number")),
+        Ok(v) if (1e-3..=1e4).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a temperature from 0.001 to 10000")),
+    }
+}
+
+/// Parses a finite number, for thresholds.
+pub(crate) fn finite_f32(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("'{s}' is not a finite number")),
     }
 }
 
@@ -90,6 +109,7 @@ fn main() -> ExitCode {
         Ok(Outcome::AllFrames) => ExitCode::SUCCESS,
         Ok(Outcome::SomeSkipped) => ExitCode::from(1),
         Err(err) => {
+            log::debug!("fatal error: {err:?}");
             eprintln!("gradgate: error: {err:#}");
             ExitCode::from(2)
         }

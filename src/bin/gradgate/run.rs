@@ -23,14 +23,19 @@ pub(crate) struct RunArgs {
     gradnorm_scale: GradNormScale,
     /// Threshold in the scorer's own scale; frames scoring below it are out-of-distribution
     /// [default: from the calibration file]
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::finite_f32)]
     threshold: Option<f32>,
     /// Calibration file [default: the model path with .calibration.json]
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// Image files, folders (searched recursively for .jpg, .jpeg, .png, .webp) or glob patterns
     #[arg(required = true, value_name = "SOURCE")]
-    sources: Vec<String>,
+    sources: Vec<std::ffi::OsString>,
+}
+
+fn write_line(out: &mut impl Write, line: &FrameLine<'_>) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    writeln!(out)
 }
 
 /// One line of `run` output.
@@ -62,7 +67,15 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
         gradnorm_scale: args.gradnorm_scale,
     };
     let threshold = match args.threshold {
-        Some(threshold) => threshold,
+        Some(threshold) => {
+            if let Some(path) = &args.calibration {
+                log::warn!(
+                    "--threshold {threshold} is used; calibration {} is not read",
+                    path.display()
+                );
+            }
+            threshold
+        }
         None => {
             let path = args
                 .calibration
@@ -91,8 +104,10 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     );
 
     let mut pipeline = Pipeline::new(model, scorer, Gate::new(threshold), args.model.limits());
+    // One line per frame, flushed as it is written, so that a reader sees each decision when
+    // it is made.
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::LineWriter::new(stdout.lock());
     let (mut inside, mut outside, mut skipped) = (0usize, 0usize, 0usize);
     for (frame, path) in files.iter().enumerate() {
         let started = Instant::now();
@@ -141,10 +156,15 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                 }
             }
         };
-        serde_json::to_writer(&mut out, &line).context("cannot write to stdout")?;
-        writeln!(out).context("cannot write to stdout")?;
+        if let Err(err) = write_line(&mut out, &line) {
+            // A closed pipe (`gradgate run … | head`) means the reader has what it wanted.
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                log::info!("stdout closed after frame {frame}; stopping");
+                break;
+            }
+            return Err(err).context("cannot write to stdout");
+        }
     }
-    out.flush().context("cannot write to stdout")?;
 
     log::info!("run finished");
     eprintln!(
