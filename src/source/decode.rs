@@ -169,30 +169,27 @@ pub fn decode_into(
 
     // Check the declared size before anything is decoded.
     let (width, height) = decoder.dimensions();
-    if width == 0
-        || height == 0
-        || width > limits.max_side_px
-        || height > limits.max_side_px
-        || u64::from(width) * u64::from(height) > limits.max_pixels
-    {
-        return Err(DecodeError::TooLarge {
-            width,
-            height,
-            limits: *limits,
-        });
-    }
+    check_size(width, height, limits)?;
     let format = pixel_format(decoder.color_type())?;
+    let pixels = prepare_frame(out, width, height, format)?;
+    decoder.read_image(pixels).map_err(DecodeError::Invalid)
+}
+
+/// Sizes `out` for the next frame and returns its pixels to fill.
+fn prepare_frame(
+    out: &mut FrameBuf,
+    width: u32,
+    height: u32,
+    format: PixelFormat,
+) -> Result<&mut [u8], DecodeError> {
     let capacity_bytes = out.capacity_bytes();
-    let pixels = out
-        .prepare(width, height, format)
+    out.prepare(width, height, format)
         .ok_or(DecodeError::BufferTooSmall {
             width,
             height,
             format,
             capacity_bytes,
-        })?;
-
-    decoder.read_image(pixels).map_err(DecodeError::Invalid)
+        })
 }
 
 fn check_size(width: u32, height: u32, limits: &FrameLimits) -> Result<(), DecodeError> {
@@ -239,15 +236,7 @@ fn decode_jpeg(bytes: &[u8], limits: &FrameLimits, out: &mut FrameBuf) -> Result
         _ => (ColorSpace::RGB, PixelFormat::Rgb8),
     };
     decoder.set_options(decoder.options().jpeg_set_out_colorspace(colour));
-    let capacity_bytes = out.capacity_bytes();
-    let pixels = out
-        .prepare(width, height, format)
-        .ok_or(DecodeError::BufferTooSmall {
-            width,
-            height,
-            format,
-            capacity_bytes,
-        })?;
+    let pixels = prepare_frame(out, width, height, format)?;
     decoder
         .decode_into(pixels)
         .map_err(|e| DecodeError::InvalidJpeg(e.to_string().trim_end().to_string()))
