@@ -187,7 +187,7 @@ impl Pipeline {
 
     /// Scores the cached activations with every scorer at this pipeline's temperature and
     /// GradNorm scale, in [`ScorerKind::ALL`] order.
-    pub fn score_all(&self) -> [f32; 4] {
+    pub fn score_all(&self) -> [f32; ScorerKind::ALL.len()] {
         ScorerKind::ALL.map(|kind| {
             Scorer {
                 kind,

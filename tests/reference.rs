@@ -223,3 +223,24 @@ fn preprocessing_reproduces_reference_crops() {
         );
     }
 }
+
+/// The logit-gradient variant is GradNorm divided by ‖h‖₁, both taken from the autograd
+/// reference.
+#[test]
+fn gradnorm_logits_matches_autograd_without_feature_norm() {
+    let model = Model::load(&fp32_model()).unwrap();
+    let scorer = Scorer::new(ScorerKind::GradNormLogits);
+    let mut pipeline = Pipeline::new(model, scorer, Gate::new(0.0), FrameLimits::default());
+    for image in images() {
+        infer_crop(&mut pipeline, &crop_path(&image));
+        let score = f64::from(pipeline.decide().verdict.score);
+        let expected =
+            image["gradnorm_paper"].as_f64().unwrap() / image["features_l1"].as_f64().unwrap();
+        let error = relative_error(score, expected);
+        assert!(
+            error < GRADNORM_RELATIVE,
+            "{}: {score} vs {expected} (relative {error:e})",
+            image["name"]
+        );
+    }
+}

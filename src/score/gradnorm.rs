@@ -65,6 +65,24 @@ impl FromStr for GradNormScale {
 ///
 /// Returns 0 for an empty logit slice.
 pub fn gradnorm(features_l1: f64, logits: &[f32], temperature: f32, scale: GradNormScale) -> f32 {
+    let paper = features_l1 * logit_gradient_l1(logits, temperature);
+    apply_scale(paper, logits.len(), scale)
+}
+
+/// Computes the L1 norm of the same KL gradient taken with respect to the logits instead of
+/// the weights: `(1/T) · Σ_c |softmax(z/T)_c − 1/C|`, which is GradNorm without its `‖h‖₁`
+/// factor.
+///
+/// On the bundled EfficientNet-Lite0 the `‖h‖₁` factor is what makes GradNorm rank cartoons
+/// and paintings above photos: their busy, high-contrast content produces larger pooled
+/// activations (see docs/benchmarks.md). The logit gradient keeps GradNorm's loss and
+/// temperature and drops that factor. Same scales, same error bound; allocates nothing.
+pub fn gradnorm_logits(logits: &[f32], temperature: f32, scale: GradNormScale) -> f32 {
+    apply_scale(logit_gradient_l1(logits, temperature), logits.len(), scale)
+}
+
+/// `(1/T) · Σ_c |softmax(z/T)_c − 1/C|` in `f64`, or 0 for no logits.
+fn logit_gradient_l1(logits: &[f32], temperature: f32) -> f64 {
     debug_assert!(
         temperature > 0.0,
         "temperature must be positive, got {temperature}"
@@ -89,11 +107,13 @@ pub fn gradnorm(features_l1: f64, logits: &[f32], temperature: f32, scale: GradN
         .iter()
         .map(|&z| ((f64::from(z) * inv_t - max_scaled).exp() / partition - uniform).abs())
         .sum();
+    inv_t * deviation
+}
 
-    let paper = inv_t * features_l1 * deviation;
+fn apply_scale(paper: f64, num_classes: usize, scale: GradNormScale) -> f32 {
     let scaled = match scale {
         GradNormScale::Paper => paper,
-        GradNormScale::Official => paper * logits.len() as f64,
+        GradNormScale::Official => paper * num_classes as f64,
     };
     scaled as f32
 }
@@ -130,6 +150,17 @@ mod tests {
         assert!(
             (official - 5.0 * paper).abs() <= 1e-6 * official,
             "{official} vs {paper}"
+        );
+    }
+
+    #[test]
+    fn logit_gradient_is_gradnorm_without_feature_norm() {
+        let logits = [0.5, 2.0, -1.0, 0.25, 3.0];
+        let full = gradnorm(4.0, &logits, 2.0, GradNormScale::Paper);
+        let logit_only = gradnorm_logits(&logits, 2.0, GradNormScale::Paper);
+        assert!(
+            (full - 4.0 * logit_only).abs() <= 1e-6 * full,
+            "{full} vs {logit_only}"
         );
     }
 

@@ -21,7 +21,7 @@
 mod gradnorm;
 mod softmax_family;
 
-pub use gradnorm::{gradnorm, GradNormScale};
+pub use gradnorm::{gradnorm, gradnorm_logits, GradNormScale};
 pub use softmax_family::{energy, log_sum_exp, max_logit, max_softmax, top1};
 
 use crate::activations::Activations;
@@ -35,6 +35,9 @@ pub enum ScorerKind {
     /// GradNorm: the L1 norm of the gradient of KL(uniform ‖ softmax(z/T)) with respect to the
     /// last layer's weights, in closed form.
     GradNorm,
+    /// The same gradient taken with respect to the logits, `(1/T) · Σ|softmax(z/T) − 1/C|`:
+    /// GradNorm without its `‖h‖₁` factor.
+    GradNormLogits,
     /// Maximum softmax probability (Hendrycks and Gimpel, 2017).
     Msp,
     /// Maximum logit (Hendrycks et al., 2022).
@@ -45,8 +48,9 @@ pub enum ScorerKind {
 
 impl ScorerKind {
     /// Every scorer, in the order reports list them.
-    pub const ALL: [ScorerKind; 4] = [
+    pub const ALL: [ScorerKind; 5] = [
         ScorerKind::GradNorm,
+        ScorerKind::GradNormLogits,
         ScorerKind::Msp,
         ScorerKind::MaxLogit,
         ScorerKind::Energy,
@@ -56,6 +60,7 @@ impl ScorerKind {
     pub fn name(self) -> &'static str {
         match self {
             ScorerKind::GradNorm => "gradnorm",
+            ScorerKind::GradNormLogits => "gradnorm-logits",
             ScorerKind::Msp => "msp",
             ScorerKind::MaxLogit => "maxlogit",
             ScorerKind::Energy => "energy",
@@ -77,7 +82,7 @@ impl fmt::Display for UnknownScorer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown scorer '{}': expected one of gradnorm, msp, maxlogit, energy",
+            "unknown scorer '{}': expected one of gradnorm, gradnorm-logits, msp, maxlogit, energy",
             self.0
         )
     }
@@ -131,6 +136,9 @@ impl Scorer {
                 self.temperature,
                 self.gradnorm_scale,
             ),
+            ScorerKind::GradNormLogits => {
+                gradnorm_logits(logits, self.temperature, self.gradnorm_scale)
+            }
             ScorerKind::Msp => max_softmax(logits, self.temperature),
             ScorerKind::MaxLogit => max_logit(logits),
             ScorerKind::Energy => energy(logits, self.temperature),
@@ -153,7 +161,9 @@ impl Scorer {
     /// scorer's scale. Only GradNorm with [`GradNormScale::Official`] changes it (× C).
     pub fn threshold_from_paper_scale(&self, threshold: f32, num_classes: usize) -> f32 {
         match (self.kind, self.gradnorm_scale) {
-            (ScorerKind::GradNorm, GradNormScale::Official) => threshold * num_classes as f32,
+            (ScorerKind::GradNorm | ScorerKind::GradNormLogits, GradNormScale::Official) => {
+                threshold * num_classes as f32
+            }
             _ => threshold,
         }
     }
@@ -175,7 +185,7 @@ mod tests {
         let err = "odin".parse::<ScorerKind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown scorer 'odin': expected one of gradnorm, msp, maxlogit, energy"
+            "unknown scorer 'odin': expected one of gradnorm, gradnorm-logits, msp, maxlogit, energy"
         );
     }
 }

@@ -100,7 +100,7 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
     );
     for (name, summary) in &calibration.scorers {
         eprintln!(
-            "  {name:<9} threshold {:>12.6}  min {:>12.6}  median {:>12.6}  max {:>12.6}",
+            "  {name:<15} threshold {:>12.6}  min {:>12.6}  median {:>12.6}  max {:>12.6}",
             summary.threshold, summary.min, summary.median, summary.max
         );
     }

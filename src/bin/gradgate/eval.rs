@@ -263,7 +263,7 @@ fn print_rows(format: Format, rows: &[(String, String, Metrics)]) -> std::io::Re
         Format::Table => {
             writeln!(
                 out,
-                "{:<10} {:<14} {:>5} {:>5} {:>7} {:>8} {:>9} {:>11} {:>12}",
+                "{:<15} {:<14} {:>5} {:>5} {:>7} {:>8} {:>9} {:>11} {:>12}",
                 "detector",
                 "ood_set",
                 "n_id",
@@ -277,7 +277,7 @@ fn print_rows(format: Format, rows: &[(String, String, Metrics)]) -> std::io::Re
             for (detector, ood_set, m) in rows {
                 writeln!(
                     out,
-                    "{detector:<10} {ood_set:<14} {:>5} {:>5} {:>7.4} {:>8.4} {:>9.4} {:>11.4} {:>12.4}",
+                    "{detector:<15} {ood_set:<14} {:>5} {:>5} {:>7.4} {:>8.4} {:>9.4} {:>11.4} {:>12.4}",
                     m.n_id, m.n_ood, m.auroc, m.aupr_in, m.aupr_out, m.fpr95_id_positive, m.fpr95_ood_positive
                 )?;
             }

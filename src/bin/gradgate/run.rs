@@ -15,7 +15,7 @@ use std::time::Instant;
 pub(crate) struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Out-of-distribution score: gradnorm, msp, maxlogit or energy
+    /// Out-of-distribution score: gradnorm, gradnorm-logits, msp, maxlogit or energy
     #[arg(long, default_value = "gradnorm")]
     scorer: ScorerKind,
     /// GradNorm scale: paper (target 1/C) or official (target 1, C × paper)
