@@ -18,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+pub mod fitted;
 mod gradnorm;
 mod softmax_family;
 
