@@ -10,7 +10,7 @@
 //!   GradNorm thresholds are stored at the paper's scale; the official scale multiplies them
 //!   by the class count.
 
-use crate::score::ScorerKind;
+use crate::score::{DetectorName, ScorerKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -107,7 +107,7 @@ pub enum CalibrationError {
         /// The calibration file.
         path: PathBuf,
         /// The scorer requested.
-        scorer: ScorerKind,
+        scorer: DetectorName,
     },
 }
 
@@ -222,7 +222,7 @@ impl Calibration {
         &self,
         path: &Path,
         model_sha256: &str,
-        scorer: ScorerKind,
+        scorer: DetectorName,
         temperature: f32,
     ) -> Result<f32, CalibrationError> {
         if !self.model_sha256.eq_ignore_ascii_case(model_sha256) {
@@ -232,8 +232,10 @@ impl Calibration {
                 actual: model_sha256.to_string(),
             });
         }
-        // Max-logit does not depend on the temperature.
-        if scorer != ScorerKind::MaxLogit && self.temperature != temperature {
+        // Max-logit does not depend on the temperature, and fitted detectors store their own.
+        let uses_temperature =
+            matches!(scorer, DetectorName::Closed(kind) if kind != ScorerKind::MaxLogit);
+        if uses_temperature && self.temperature != temperature {
             return Err(CalibrationError::WrongTemperature {
                 path: path.to_path_buf(),
                 calibrated: self.temperature,

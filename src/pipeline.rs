@@ -4,7 +4,7 @@ use crate::activations::Activations;
 use crate::frame::{FrameBuf, FrameLimits};
 use crate::gate::{Gate, Verdict};
 use crate::model::{InferenceError, Model};
-use crate::score::{top1, Scorer, ScorerKind};
+use crate::score::{top1, Detector, Scorer, ScorerKind};
 use crate::source::{decode_into, DecodeError, FileReader, ReadError};
 use crate::tensor::{InputTensor, Preprocessor};
 use std::fmt;
@@ -65,13 +65,29 @@ pub struct Pipeline {
     preprocessor: Preprocessor,
     input: InputTensor,
     activations: Activations,
+    /// Parameters of the closed-form scorers, for [`Pipeline::score_all`].
     scorer: Scorer,
+    /// The detector the gate decides on.
+    detector: Detector,
     gate: Gate,
 }
 
 impl Pipeline {
-    /// Sizes every buffer from the model and `limits`. This is where the pipeline allocates.
+    /// Sizes every buffer from the model and `limits`, deciding on a closed-form `scorer`. This
+    /// is where the pipeline allocates.
     pub fn new(model: Model, scorer: Scorer, gate: Gate, limits: FrameLimits) -> Pipeline {
+        Pipeline::with_detector(model, scorer, Detector::Closed(scorer), gate, limits)
+    }
+
+    /// Like [`Pipeline::new`], deciding on `detector`; `scorer` sets the temperature and
+    /// GradNorm scale of [`Pipeline::score_all`].
+    pub fn with_detector(
+        model: Model,
+        scorer: Scorer,
+        detector: Detector,
+        gate: Gate,
+        limits: FrameLimits,
+    ) -> Pipeline {
         let spec = model.info().preprocess;
         let file_bytes = usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX);
         Pipeline {
@@ -83,6 +99,7 @@ impl Pipeline {
             model,
             limits,
             scorer,
+            detector,
             gate,
         }
     }
@@ -174,9 +191,14 @@ impl Pipeline {
             .map_err(|err| FrameError::Inference(crate::model::InferenceError::NonFinite(err)))
     }
 
-    /// Scores the cached activations and decides.
-    pub fn decide(&self) -> FrameResult {
-        let score = self.scorer.score(&self.activations);
+    /// Returns the detector the gate decides on.
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// Scores the cached activations and decides. Allocates nothing.
+    pub fn decide(&mut self) -> FrameResult {
+        let score = self.detector.score(&self.activations, self.model.head());
         let (top1, prob) = top1(self.activations.logits()).unwrap_or((0, 0.0));
         FrameResult {
             verdict: self.gate.decide(score),

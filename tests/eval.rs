@@ -170,3 +170,129 @@ fn ood_set_without_name_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not NAME=SOURCE"));
 }
+
+/// Copies the fp32 model into `dir`, so that the statistics and calibration files written
+/// beside it stay out of the repository.
+fn model_copy(dir: &std::path::Path) -> String {
+    let model = dir.join("model.onnx");
+    std::fs::copy(common::fp32_model(), &model).unwrap();
+    model.to_str().unwrap().to_string()
+}
+
+#[test]
+fn fitted_detector_runs_after_fit_and_calibrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    let cache = dir.path().join("cache");
+    let fit = gradgate(&[
+        "fit",
+        "--model",
+        &model,
+        "--cache",
+        cache.to_str().unwrap(),
+        "models/calibration",
+    ]);
+    assert_eq!(
+        fit.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fit.stderr)
+    );
+    assert!(dir.path().join("model.stats.json").exists());
+    let calibrate = gradgate(&["calibrate", "--model", &model, "models/calibration"]);
+    assert_eq!(
+        calibrate.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&calibrate.stderr)
+    );
+
+    let run = gradgate(&[
+        "run",
+        "--model",
+        &model,
+        "--scorer",
+        "react",
+        "tests/data/ood/near-blank",
+    ]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("(scorer react, threshold "), "{stderr}");
+}
+
+#[test]
+fn fitted_detector_without_statistics_asks_for_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    let output = gradgate(&[
+        "run",
+        "--model",
+        &model,
+        "--scorer",
+        "knn",
+        "--threshold",
+        "0",
+        "tests/data/id",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("run 'gradgate fit DIR'"), "{stderr}");
+}
+
+#[test]
+fn eval_with_fit_reports_fitted_detectors() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = gradgate(&[
+        "eval",
+        "--model",
+        "models/efficientnet-lite0-fp32.onnx",
+        "--id",
+        "tests/data/id",
+        "--ood",
+        "near-blank=tests/data/ood/near-blank",
+        "--fit",
+        "models/calibration",
+        "--format",
+        "json",
+        "--cache",
+        cache.path().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let detectors: std::collections::BTreeSet<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["detector"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for name in [
+        "react",
+        "gradnorm-react",
+        "ash-p",
+        "ash-b",
+        "ash-s",
+        "scale",
+        "kl-matching",
+        "mahalanobis",
+        "vim",
+        "knn",
+    ] {
+        assert!(
+            detectors.contains(name),
+            "{name} missing from {detectors:?}"
+        );
+    }
+}

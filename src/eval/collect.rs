@@ -3,7 +3,7 @@
 use super::cache::{sha256_hex, CachedActivations, FeatureCache};
 use crate::activations::{Activations, Head};
 use crate::pipeline::{FrameError, Pipeline};
-use crate::score::Scorer;
+use crate::score::Detector;
 use std::path::{Path, PathBuf};
 
 /// Activations of one image set, in file order, with what could not be used.
@@ -85,19 +85,24 @@ fn run_model(pipeline: &mut Pipeline, bytes: &[u8]) -> Result<CachedActivations,
     })
 }
 
-/// Scores cached activations with `scorer`, recomputing the logits from the features with
-/// `head` so that scores match what `run` computes on the same frames.
+/// Scores cached activations with `detector`, recomputing the logits from the features with
+/// `head` so that scores match what `run` computes on the same frames. Entries whose
+/// activations are not finite score NaN.
 ///
 /// # Panics
 /// If an entry's feature count is not the head's D.
-pub fn score_cached(head: &Head, scorer: &Scorer, entries: &[CachedActivations]) -> Vec<f32> {
+pub fn score_cached(
+    head: &Head,
+    detector: &mut Detector,
+    entries: &[CachedActivations],
+) -> Vec<f32> {
     let mut act = Activations::new(head);
     entries
         .iter()
         .map(|entry| {
             act.features_mut().copy_from_slice(&entry.features);
             match act.finish(head) {
-                Ok(()) => scorer.score(&act),
+                Ok(()) => detector.score(&act, head),
                 Err(_) => f32::NAN,
             }
         })

@@ -18,10 +18,12 @@
 
 #![deny(missing_docs)]
 
+mod detector;
 pub mod fitted;
 mod gradnorm;
 mod softmax_family;
 
+pub use detector::{Detector, DetectorName, UnknownDetectorName};
 pub use gradnorm::{gradnorm, gradnorm_logits, GradNormScale};
 pub use softmax_family::{energy, log_sum_exp, max_logit, max_softmax, top1};
 

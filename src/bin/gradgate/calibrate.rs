@@ -4,6 +4,7 @@ use crate::{ModelArgs, Outcome};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gradgate::calibration::{self, Calibration, FORMAT_VERSION, TARGET_TPR};
+use gradgate::score::fitted::{self, FittedScorer, StatsFile};
 use gradgate::source::expand_sources;
 use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
 use std::path::PathBuf;
@@ -15,6 +16,10 @@ pub(crate) struct CalibrateArgs {
     /// Output file [default: the model path with .calibration.json]
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Statistics file of the fitted detectors to calibrate too [default: the model path with
+    /// .stats.json, when it exists]
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
     /// In-distribution images: files, folders or glob patterns
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<std::ffi::OsString>,
@@ -48,7 +53,9 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
         Gate::new(f32::NEG_INFINITY),
         args.model.limits(),
     );
-    let mut scores: Vec<Vec<f32>> = vec![Vec::with_capacity(files.len()); ScorerKind::ALL.len()];
+    let mut fitted_scorers = load_fitted(&args, &pipeline)?;
+    let mut scores: Vec<Vec<f32>> =
+        vec![Vec::with_capacity(files.len()); ScorerKind::ALL.len() + fitted_scorers.len()];
     let mut skipped = 0usize;
     for (frame, path) in files.iter().enumerate() {
         if let Err(err) = pipeline.step(path) {
@@ -56,7 +63,12 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
             log::warn!("skipped frame {frame} ({}): {err}", path.display());
             continue;
         }
-        for (column, score) in scores.iter_mut().zip(pipeline.score_all()) {
+        let head = pipeline.model().head();
+        let fitted = fitted_scorers
+            .iter_mut()
+            .map(|s| s.score(pipeline.activations(), head));
+        let all: Vec<f32> = pipeline.score_all().into_iter().chain(fitted).collect();
+        for (column, score) in scores.iter_mut().zip(all) {
             column.push(score);
         }
     }
@@ -69,10 +81,14 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
     }
 
     let mut summaries = std::collections::BTreeMap::new();
-    for (kind, column) in ScorerKind::ALL.into_iter().zip(&scores) {
+    let names = ScorerKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .chain(fitted_scorers.iter().map(|s| s.kind().name()));
+    for (name, column) in names.zip(&scores) {
         let summary = calibration::summarize(column)
-            .with_context(|| format!("scorer {kind} produced NaN scores"))?;
-        summaries.insert(kind.name().to_string(), summary);
+            .with_context(|| format!("scorer {name} produced non-finite scores"))?;
+        summaries.insert(name.to_string(), summary);
     }
     let calibration = Calibration {
         format: FORMAT_VERSION,
@@ -109,4 +125,30 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
     } else {
         Outcome::SomeSkipped
     })
+}
+
+/// The fitted detectors of the statistics file, if one was given or sits beside the model.
+fn load_fitted(args: &CalibrateArgs, pipeline: &Pipeline) -> Result<Vec<FittedScorer>> {
+    let model = pipeline.model();
+    let path = args
+        .stats
+        .clone()
+        .unwrap_or_else(|| fitted::path_for_model(&model.info().path));
+    if args.stats.is_none() && !path.exists() {
+        log::info!(
+            "no statistics file {}: calibrating the closed-form detectors only",
+            path.display()
+        );
+        return Ok(Vec::new());
+    }
+    let file = StatsFile::load_for_model(&path, &model.info().sha256)?;
+    let mut scorers = Vec::new();
+    for stats in file.detectors {
+        let kind = stats.kind();
+        match FittedScorer::new(stats, model.head()) {
+            Ok(scorer) => scorers.push(scorer),
+            Err(err) => log::warn!("skipped detector {kind} from {}: {err}", path.display()),
+        }
+    }
+    Ok(scorers)
 }

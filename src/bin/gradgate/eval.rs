@@ -6,6 +6,8 @@ use clap::{Args, ValueEnum};
 use gradgate::calibration::{self, Calibration};
 use gradgate::eval::metrics::{evaluate, Metrics};
 use gradgate::eval::{collect_activations, plot, score_cached, Collected, FeatureCache};
+use gradgate::score::fitted::{self, FitParams, FittedScorer, StatsFile};
+use gradgate::score::Detector;
 use gradgate::source::expand_sources;
 use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -36,6 +38,14 @@ pub(crate) struct EvalArgs {
     /// Folder for SVG plots: a ROC curve and a score histogram per detector
     #[arg(long, value_name = "DIR")]
     plots: Option<PathBuf>,
+    /// In-distribution images to fit the fitted detectors on (ReAct, ViM, KNN, …), instead of
+    /// the model's statistics file; they must not overlap the evaluation images
+    #[arg(long, value_name = "SOURCE")]
+    fit: Vec<std::ffi::OsString>,
+    /// Statistics file of the fitted detectors [default: the model path with .stats.json,
+    /// when it exists]
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,8 +134,65 @@ pub(crate) fn eval(args: EvalArgs) -> Result<Outcome> {
             collect_activations(&mut pipeline, cache.as_ref(), files, |_| progress.inc(1)),
         ));
     }
+    let fit = if args.fit.is_empty() {
+        None
+    } else {
+        let fit_files = expand_sources(&args.fit)?;
+        progress.inc_length(fit_files.len() as u64);
+        progress.set_prefix("fit");
+        Some(collect_activations(
+            &mut pipeline,
+            cache.as_ref(),
+            &fit_files,
+            |_| progress.inc(1),
+        ))
+    };
     progress.finish_and_clear();
     report_collection(&id, &ood);
+
+    // Every closed-form detector, then the fitted ones from --fit or the statistics file.
+    let mut detectors: Vec<Detector> = ScorerKind::ALL
+        .into_iter()
+        .map(|kind| Detector::Closed(Scorer { kind, ..scorer }))
+        .collect();
+    let head = pipeline.model().head().clone();
+    let fitted_stats = match &fit {
+        Some(fit) => {
+            warn_overlap(fit, &id, &ood);
+            let features: Vec<&[f32]> = fit
+                .activations
+                .iter()
+                .map(|a| a.features.as_slice())
+                .collect();
+            let params = FitParams {
+                temperature: args.model.temperature,
+                ..FitParams::default()
+            };
+            crate::fit::fit_all(&head, &features, &params)
+        }
+        None => {
+            let path = args
+                .stats
+                .clone()
+                .unwrap_or_else(|| fitted::path_for_model(&pipeline.model().info().path));
+            if args.stats.is_some() || path.exists() {
+                StatsFile::load_for_model(&path, &pipeline.model().info().sha256)?.detectors
+            } else {
+                log::info!(
+                    "no statistics file {}: evaluating the closed-form detectors only",
+                    path.display()
+                );
+                Vec::new()
+            }
+        }
+    };
+    for stats in fitted_stats {
+        let kind = stats.kind();
+        match FittedScorer::new(stats, &head) {
+            Ok(scorer) => detectors.push(Detector::Fitted(scorer)),
+            Err(err) => log::warn!("skipped detector {kind}: {err}"),
+        }
+    }
 
     // Score every set with every detector and compute the metrics.
     if let Some(dir) = &args.plots {
@@ -133,15 +200,15 @@ pub(crate) fn eval(args: EvalArgs) -> Result<Outcome> {
             .with_context(|| format!("cannot create plot folder {}", dir.display()))?;
     }
     let calibration = load_calibration(pipeline.model());
-    let head = pipeline.model().head();
+    let head = &head;
     let mut rows: Vec<(String, String, Metrics)> = Vec::new();
-    for kind in ScorerKind::ALL {
-        let scorer = Scorer { kind, ..scorer };
-        let id_scores = score_cached(head, &scorer, &id.activations);
+    for detector in &mut detectors {
+        let kind = detector.name();
+        let id_scores = score_cached(head, detector, &id.activations);
         let mut per_set = Vec::new();
         let mut ood_scores = Vec::new();
         for (name, set) in &ood {
-            let scores = score_cached(head, &scorer, &set.activations);
+            let scores = score_cached(head, detector, &set.activations);
             let metrics = evaluate(&id_scores, &scores)
                 .with_context(|| format!("cannot evaluate {kind} on OOD set '{name}'"))?;
             per_set.push(metrics);
@@ -186,6 +253,30 @@ fn load_calibration(model: &gradgate::Model) -> Option<Calibration> {
     let path = calibration::path_for_model(&model.info().path);
     let calibration = Calibration::load(&path).ok()?;
     (calibration.model_sha256 == model.info().sha256).then_some(calibration)
+}
+
+/// Warns about fit images whose content is also an evaluation image: fitting on the images
+/// being scored inflates the fitted detectors' metrics.
+fn warn_overlap(fit: &Collected, id: &Collected, ood: &[(String, Collected)]) {
+    let fit_hashes: HashMap<&str, &PathBuf> = fit
+        .files
+        .iter()
+        .map(|(path, hash)| (hash.as_str(), path))
+        .collect();
+    let evaluated = id
+        .files
+        .iter()
+        .chain(ood.iter().flat_map(|(_, set)| set.files.iter()));
+    let overlapping: Vec<_> = evaluated
+        .filter(|(_, hash)| fit_hashes.contains_key(hash.as_str()))
+        .collect();
+    if let Some((path, _)) = overlapping.first() {
+        log::warn!(
+            "{} evaluation images are also fit images (first: {}); the fitted detectors' metrics are inflated",
+            overlapping.len(),
+            path.display()
+        );
+    }
 }
 
 fn report_collection(id: &Collected, ood: &[(String, Collected)]) {

@@ -6,6 +6,7 @@
 
 mod calibrate;
 mod eval;
+mod fit;
 mod run;
 
 use anyhow::Result;
@@ -42,6 +43,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Compare scorers on in-distribution and OOD image sets: AUROC, AUPR, FPR at 95% TPR.
     Eval(eval::EvalArgs),
+    /// Fit the statistics of ReAct, ASH, SCALE, KL matching, Mahalanobis, ViM and KNN.
+    Fit(fit::FitArgs),
 }
 
 #[derive(Args)]
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Fit(args) => fit::fit_command(args),
     };
     match outcome {
         Ok(Outcome::AllFrames) => ExitCode::SUCCESS,

@@ -4,6 +4,8 @@ use crate::{ModelArgs, Outcome};
 use anyhow::{Context, Result};
 use clap::Args;
 use gradgate::calibration::{self, Calibration};
+use gradgate::score::fitted::{self, FittedScorer, StatsFile};
+use gradgate::score::{Detector, DetectorName};
 use gradgate::source::expand_sources;
 use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
 use serde::Serialize;
@@ -15,9 +17,14 @@ use std::time::Instant;
 pub(crate) struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Out-of-distribution score: gradnorm, gradnorm-logits, msp, maxlogit or energy
+    /// Out-of-distribution score: gradnorm, gradnorm-logits, msp, maxlogit, energy, or a fitted
+    /// detector (react, gradnorm-react, ash-p, ash-b, ash-s, scale, kl-matching, mahalanobis,
+    /// vim, knn) whose statistics `gradgate fit` wrote
     #[arg(long, default_value = "gradnorm")]
-    scorer: ScorerKind,
+    scorer: DetectorName,
+    /// Statistics file of the fitted detectors [default: the model path with .stats.json]
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
     /// GradNorm scale: paper (target 1/C) or official (target 1, C × paper)
     #[arg(long, default_value = "paper")]
     gradnorm_scale: GradNormScale,
@@ -61,10 +68,38 @@ struct FrameLine<'a> {
 
 pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     let model = args.model.load()?;
+    let closed_kind = match args.scorer {
+        DetectorName::Closed(kind) => kind,
+        DetectorName::Fitted(_) => ScorerKind::GradNorm,
+    };
     let scorer = Scorer {
-        kind: args.scorer,
+        kind: closed_kind,
         temperature: args.model.temperature,
         gradnorm_scale: args.gradnorm_scale,
+    };
+    let detector = match args.scorer {
+        DetectorName::Closed(_) => Detector::Closed(scorer),
+        DetectorName::Fitted(kind) => {
+            let path = args
+                .stats
+                .clone()
+                .unwrap_or_else(|| fitted::path_for_model(&model.info().path));
+            let file = StatsFile::load_for_model(&path, &model.info().sha256)
+                .with_context(|| format!("--scorer {kind} needs fitted statistics; run 'gradgate fit DIR' on in-distribution images"))?;
+            let stats = file.detector(kind).cloned().with_context(|| {
+                format!(
+                    "statistics file {} has no entry for {kind}; refit with 'gradgate fit'",
+                    path.display()
+                )
+            })?;
+            let fitted = FittedScorer::new(stats, model.head())?;
+            log::info!(
+                "detector {kind} from {}: {} bytes of statistics and scratch",
+                path.display(),
+                fitted.memory_bytes()
+            );
+            Detector::Fitted(fitted)
+        }
     };
     let threshold = match args.threshold {
         Some(threshold) => {
@@ -85,25 +120,36 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
             let paper = calibration.threshold(
                 &path,
                 &model.info().sha256,
-                scorer.kind,
+                args.scorer,
                 scorer.temperature,
             )?;
             log::info!(
                 "threshold for {} from calibration {}",
-                scorer.kind,
+                args.scorer,
                 path.display()
             );
-            scorer.threshold_from_paper_scale(paper, model.head().num_classes())
+            match args.scorer {
+                DetectorName::Closed(_) => {
+                    scorer.threshold_from_paper_scale(paper, model.head().num_classes())
+                }
+                DetectorName::Fitted(_) => paper,
+            }
         }
     };
     let files = expand_sources(&args.sources)?;
     log::info!(
         "run started: {} files, scorer {}, threshold {threshold}",
         files.len(),
-        scorer.kind
+        args.scorer
     );
 
-    let mut pipeline = Pipeline::new(model, scorer, Gate::new(threshold), args.model.limits());
+    let mut pipeline = Pipeline::with_detector(
+        model,
+        scorer,
+        detector,
+        Gate::new(threshold),
+        args.model.limits(),
+    );
     // One line per frame, flushed as it is written, so that a reader sees each decision when
     // it is made.
     let stdout = std::io::stdout();
@@ -134,7 +180,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                         .get(result.top1)
                         .map(String::as_str),
                     prob: Some(result.prob),
-                    scorer: scorer.kind.name(),
+                    scorer: args.scorer.name(),
                     latency_ms,
                     error: None,
                 }
@@ -150,7 +196,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                     ood: None,
                     label: None,
                     prob: None,
-                    scorer: scorer.kind.name(),
+                    scorer: args.scorer.name(),
                     latency_ms,
                     error: Some(err.to_string()),
                 }
@@ -170,7 +216,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     eprintln!(
         "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped (scorer {}, threshold {threshold})",
         files.len(),
-        scorer.kind
+        args.scorer
     );
     Ok(if skipped == 0 {
         Outcome::AllFrames

@@ -29,6 +29,11 @@ pub struct StatsFile {
     pub detectors: Vec<DetectorStats>,
 }
 
+/// Returns the statistics file that belongs to `model`: `m.onnx` → `m.stats.json`.
+pub fn path_for_model(model: &Path) -> std::path::PathBuf {
+    model.with_extension("stats.json")
+}
+
 /// Error for a statistics file that cannot be read, written or used.
 #[derive(Debug)]
 #[non_exhaustive]

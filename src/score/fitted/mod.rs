@@ -51,7 +51,7 @@ mod vim;
 
 pub use clip::ClipStats;
 pub use error::{FitError, UnknownDetector};
-pub use file::{StatsFile, StatsFileError, STATS_FORMAT};
+pub use file::{path_for_model, StatsFile, StatsFileError, STATS_FORMAT};
 pub use kl::KlStats;
 pub use knn::{KnnStats, MAX_KNN_BANK};
 pub use mahalanobis::MahalanobisStats;
