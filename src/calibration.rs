@@ -7,7 +7,8 @@
 //!
 //! # Important notes
 //! - A calibration is valid for one model file (checked by SHA-256) and one temperature.
-//!   GradNorm thresholds are stored at the paper's scale; the official scale multiplies them
+//!   GradNorm thresholds are stored at the paper scale (target 1/C); the official scale (target 1)
+//!   multiplies them
 //!   by the class count.
 
 use crate::score::{DetectorName, ScorerKind};
@@ -62,7 +63,7 @@ pub struct Calibration {
     pub images: usize,
     /// The folders or files the images came from, as given.
     pub sources: Vec<String>,
-    /// Per scorer name (GradNorm at the paper's scale).
+    /// Per scorer name (GradNorm at the paper scale, target 1/C).
     pub scorers: BTreeMap<String, ScoreSummary>,
 }
 
@@ -216,7 +217,7 @@ impl Calibration {
         Ok(calibration)
     }
 
-    /// The threshold for `scorer` (GradNorm at the paper's scale), after checking that this
+    /// Returns the threshold for `scorer` (GradNorm at the paper scale, target 1/C), after checking that this
     /// calibration belongs to the model with hash `model_sha256` and to `temperature`.
     pub fn threshold(
         &self,

@@ -127,7 +127,7 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
     })
 }
 
-/// The fitted detectors of the statistics file, if one was given or sits beside the model.
+/// Loads the fitted detectors of the statistics file, if one was given or sits beside the model.
 fn load_fitted(args: &CalibrateArgs, pipeline: &Pipeline) -> Result<Vec<FittedScorer>> {
     let model = pipeline.model();
     let path = args

@@ -247,7 +247,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<Outcome> {
     })
 }
 
-/// The model's calibration at the evaluation's temperature, for marking thresholds on the
+/// Loads the model's calibration, for marking thresholds on the
 /// histograms; `None` when there is none or it belongs to another model.
 fn load_calibration(model: &gradgate::Model) -> Option<Calibration> {
     let path = calibration::path_for_model(&model.info().path);
