@@ -7,9 +7,8 @@
 //!
 //! # Important notes
 //! - A calibration is valid for one model file (checked by SHA-256) and one temperature.
-//!   GradNorm thresholds are stored at the paper scale (target 1/C); the official scale (target 1)
-//!   multiplies them
-//!   by the class count.
+//!   GradNorm thresholds are stored at the paper scale (target 1/C). The official scale
+//!   (target 1) multiplies them by the class count.
 
 use crate::score::{DetectorName, ScorerKind};
 use serde::{Deserialize, Serialize};
