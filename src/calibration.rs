@@ -64,6 +64,10 @@ pub struct Calibration {
     pub sources: Vec<String>,
     /// Per scorer name (GradNorm at the paper scale, target 1/C).
     pub scorers: BTreeMap<String, ScoreSummary>,
+    /// The detector `run` uses when no `--scorer` is given, chosen by whoever calibrated the
+    /// model from an evaluation; GradNorm when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended: Option<String>,
 }
 
 /// Error for a calibration file that cannot be used.

@@ -131,3 +131,46 @@ fn shipped_threshold_is_not_a_calibration_score() {
         );
     }
 }
+
+/// A calibration's recommended detector becomes `run`'s default scorer.
+#[test]
+fn recommended_detector_is_the_default_scorer() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(common::fp32_model(), &model).unwrap();
+    let model = model.to_str().unwrap();
+    let calibrate = gradgate(&[
+        "calibrate",
+        "--model",
+        model,
+        "--recommend",
+        "msp",
+        "models/calibration",
+    ]);
+    assert_eq!(calibrate.status.code(), Some(0), "{}", stderr(&calibrate));
+    let run = gradgate(&["run", "--model", model, "tests/data/id/espresso-cup.jpg"]);
+    let line: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(line["scorer"], "msp");
+}
+
+/// `--recommend` of a fitted detector that has no statistics is rejected.
+#[test]
+fn recommending_an_uncalibrated_detector_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(common::fp32_model(), &model).unwrap();
+    let output = gradgate(&[
+        "calibrate",
+        "--model",
+        model.to_str().unwrap(),
+        "--recommend",
+        "vim",
+        "models/calibration",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("fit it first"),
+        "{}",
+        stderr(&output)
+    );
+}

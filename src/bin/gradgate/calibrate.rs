@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use gradgate::calibration::{self, Calibration, FORMAT_VERSION, TARGET_TPR};
 use gradgate::score::fitted::{self, FittedScorer, StatsFile};
+use gradgate::score::DetectorName;
 use gradgate::source::expand_sources;
 use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
 use std::path::PathBuf;
@@ -20,6 +21,10 @@ pub(crate) struct CalibrateArgs {
     /// .stats.json, when it exists]
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
+    /// Detector that `run` uses by default with this calibration, picked from an evaluation
+    /// (`gradgate eval`) on your own images [default: none, so run uses gradnorm]
+    #[arg(long, value_name = "SCORER")]
+    recommend: Option<DetectorName>,
     /// In-distribution images: files, folders or glob patterns
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<std::ffi::OsString>,
@@ -81,6 +86,16 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
     }
 
     let mut summaries = std::collections::BTreeMap::new();
+    if let Some(name) = args.recommend {
+        if !ScorerKind::ALL
+            .iter()
+            .map(|k| k.name())
+            .chain(fitted_scorers.iter().map(|s| s.kind().name()))
+            .any(|n| n == name.name())
+        {
+            bail!("--recommend {name}: that detector is not calibrated here; fit it first with 'gradgate fit'");
+        }
+    }
     let names = ScorerKind::ALL
         .iter()
         .map(|k| k.name())
@@ -103,6 +118,7 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
             .map(|s| s.to_string_lossy().into_owned())
             .collect(),
         scorers: summaries,
+        recommended: args.recommend.map(|name| name.name().to_string()),
     };
     let json =
         serde_json::to_string_pretty(&calibration).context("cannot serialize the calibration")?;

@@ -20,8 +20,9 @@ pub(crate) struct RunArgs {
     /// Out-of-distribution score: gradnorm, gradnorm-logits, msp, maxlogit, energy, or a fitted
     /// detector (react, gradnorm-react, ash-p, ash-b, ash-s, scale, kl-matching, mahalanobis,
     /// vim, knn) whose statistics `gradgate fit` wrote
-    #[arg(long, default_value = "gradnorm")]
-    scorer: DetectorName,
+    /// [default: the calibration's recommended detector, else gradnorm]
+    #[arg(long)]
+    scorer: Option<DetectorName>,
     /// Statistics file of the fitted detectors [default: the model path with .stats.json]
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
@@ -68,7 +69,31 @@ struct FrameLine<'a> {
 
 pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     let model = args.model.load()?;
-    let closed_kind = match args.scorer {
+
+    // The calibration gives the threshold and, without --scorer, the detector.
+    let calibration_path = args
+        .calibration
+        .clone()
+        .unwrap_or_else(|| calibration::path_for_model(&model.info().path));
+    let calibration = match (args.threshold, args.scorer) {
+        (Some(threshold), Some(_)) => {
+            if args.calibration.is_some() {
+                log::warn!(
+                    "--threshold {threshold} is used; calibration {} is not read",
+                    calibration_path.display()
+                );
+            }
+            None
+        }
+        (Some(_), None) => Calibration::load(&calibration_path).ok(),
+        (None, _) => Some(Calibration::load(&calibration_path)?),
+    };
+    let name = args
+        .scorer
+        .or_else(|| calibration.as_ref()?.recommended.as_ref()?.parse().ok())
+        .unwrap_or(DetectorName::Closed(ScorerKind::GradNorm));
+
+    let closed_kind = match name {
         DetectorName::Closed(kind) => kind,
         DetectorName::Fitted(_) => ScorerKind::GradNorm,
     };
@@ -77,7 +102,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
         temperature: args.model.temperature,
         gradnorm_scale: args.gradnorm_scale,
     };
-    let detector = match args.scorer {
+    let detector = match name {
         DetectorName::Closed(_) => Detector::Closed(scorer),
         DetectorName::Fitted(kind) => {
             let path = args
@@ -101,34 +126,15 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
             Detector::Fitted(fitted)
         }
     };
-    let threshold = match args.threshold {
-        Some(threshold) => {
-            if let Some(path) = &args.calibration {
-                log::warn!(
-                    "--threshold {threshold} is used; calibration {} is not read",
-                    path.display()
-                );
-            }
-            threshold
-        }
-        None => {
-            let path = args
-                .calibration
-                .clone()
-                .unwrap_or_else(|| calibration::path_for_model(&model.info().path));
-            let calibration = Calibration::load(&path)?;
-            let paper = calibration.threshold(
-                &path,
-                &model.info().sha256,
-                args.scorer,
-                scorer.temperature,
-            )?;
-            log::info!(
-                "threshold for {} from calibration {}",
-                args.scorer,
-                path.display()
-            );
-            match args.scorer {
+    let threshold = match (args.threshold, &calibration) {
+        (Some(threshold), _) => threshold,
+        (None, None) => unreachable!("the calibration is loaded whenever no threshold is given"),
+        (None, Some(calibration)) => {
+            let path = &calibration_path;
+            let paper =
+                calibration.threshold(path, &model.info().sha256, name, scorer.temperature)?;
+            log::info!("threshold for {name} from calibration {}", path.display());
+            match name {
                 DetectorName::Closed(_) => {
                     scorer.threshold_from_paper_scale(paper, model.head().num_classes())
                 }
@@ -140,7 +146,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     log::info!(
         "run started: {} files, scorer {}, threshold {threshold}",
         files.len(),
-        args.scorer
+        name
     );
 
     let mut pipeline = Pipeline::with_detector(
@@ -180,7 +186,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                         .get(result.top1)
                         .map(String::as_str),
                     prob: Some(result.prob),
-                    scorer: args.scorer.name(),
+                    scorer: name.name(),
                     latency_ms,
                     error: None,
                 }
@@ -196,7 +202,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                     ood: None,
                     label: None,
                     prob: None,
-                    scorer: args.scorer.name(),
+                    scorer: name.name(),
                     latency_ms,
                     error: Some(err.to_string()),
                 }
@@ -216,7 +222,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     eprintln!(
         "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped (scorer {}, threshold {threshold})",
         files.len(),
-        args.scorer
+        name
     );
     Ok(if skipped == 0 {
         Outcome::AllFrames
