@@ -91,8 +91,15 @@ fn run_summary_counts_in_and_out() {
 #[test]
 fn official_scale_multiplies_by_class_count() {
     let image = "tests/data/id/espresso-cup.jpg";
-    let paper = &json_lines(&gradgate(&["run", image]))[0];
-    let official = &json_lines(&gradgate(&["run", "--gradnorm-scale", "official", image]))[0];
+    let paper = &json_lines(&gradgate(&["run", "--scorer", "gradnorm", image]))[0];
+    let official = &json_lines(&gradgate(&[
+        "run",
+        "--scorer",
+        "gradnorm",
+        "--gradnorm-scale",
+        "official",
+        image,
+    ]))[0];
     let ratio = official["score"].as_f64().unwrap() / paper["score"].as_f64().unwrap();
     assert!((ratio - 1000.0).abs() < 1e-3, "score ratio {ratio}");
     let threshold_ratio =
@@ -101,6 +108,12 @@ fn official_scale_multiplies_by_class_count() {
         (threshold_ratio - 1000.0).abs() < 1e-3,
         "threshold ratio {threshold_ratio}"
     );
+}
+
+#[test]
+fn default_scorer_is_the_recommended_one() {
+    let output = gradgate(&["run", "tests/data/id/espresso-cup.jpg"]);
+    assert_eq!(json_lines(&output)[0]["scorer"], "gradnorm-logits");
 }
 
 #[test]
@@ -352,6 +365,8 @@ fn calibrate_writes_thresholds_that_pass_95_percent() {
         "run",
         "--model",
         "models/efficientnet-lite0-fp32.onnx",
+        "--scorer",
+        "gradnorm",
         "--threshold",
         &threshold.to_string(),
         "models/calibration",
