@@ -47,8 +47,8 @@ fn eval_json_has_one_row_per_detector_and_set() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // Five detectors × (two sets + their mean).
-    assert_eq!(rows.len(), 15);
+    // Five closed-form and the six shipped fitted detectors × (two sets + their mean).
+    assert_eq!(rows.len(), 33);
     for row in &rows {
         for key in [
             "detector",

@@ -168,7 +168,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<Outcome> {
                 temperature: args.model.temperature,
                 ..FitParams::default()
             };
-            crate::fit::fit_all(&head, &features, &params)
+            crate::fit::fit_all(&head, &features, &params, &fitted::FittedKind::ALL)
         }
         None => {
             let path = args

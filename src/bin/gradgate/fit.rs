@@ -30,16 +30,24 @@ pub(crate) struct FitArgs {
     /// KNN neighbour rank k, capped at the number of fit images
     #[arg(long, default_value_t = FitParams::default().knn_k)]
     knn_k: usize,
+    /// Detectors to fit, comma-separated [default: all ten]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    detectors: Vec<FittedKind>,
     /// In-distribution images: files, folders or glob patterns
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<std::ffi::OsString>,
 }
 
-/// Fits every detector in [`FittedKind::ALL`]; one that cannot be fitted on these features
-/// (too few images for its subspace, say) is logged and left out.
-pub(crate) fn fit_all(head: &Head, features: &[&[f32]], params: &FitParams) -> Vec<DetectorStats> {
+/// Fits every detector in `kinds`; one that cannot be fitted on these features (too few
+/// images for its subspace, say) is logged and left out.
+pub(crate) fn fit_all(
+    head: &Head,
+    features: &[&[f32]],
+    params: &FitParams,
+    kinds: &[FittedKind],
+) -> Vec<DetectorStats> {
     let mut fitted_stats = Vec::new();
-    for kind in FittedKind::ALL {
+    for &kind in kinds {
         match fit(kind, head, features, params) {
             Ok(stats) => fitted_stats.push(stats),
             Err(err) => log::warn!("cannot fit {kind} on {} images: {err}", features.len()),
@@ -92,7 +100,12 @@ pub(crate) fn fit_command(args: FitArgs) -> Result<Outcome> {
         .iter()
         .map(|a| a.features.as_slice())
         .collect();
-    let detectors = fit_all(head, &features, &params);
+    let kinds = if args.detectors.is_empty() {
+        FittedKind::ALL.to_vec()
+    } else {
+        args.detectors.clone()
+    };
+    let detectors = fit_all(head, &features, &params, &kinds);
 
     eprintln!(
         "gradgate: fitted {} detectors on {} images ({} skipped) into {}",
