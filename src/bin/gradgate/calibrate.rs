@@ -7,7 +7,7 @@ use gradgate::calibration::{self, Calibration, FORMAT_VERSION, TARGET_TPR};
 use gradgate::score::fitted::{self, FittedScorer, StatsFile};
 use gradgate::score::DetectorName;
 use gradgate::source::expand_sources;
-use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
+use gradgate::{Pipeline, ScorerKind};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -46,18 +46,7 @@ pub(crate) fn calibrate(args: CalibrateArgs) -> Result<Outcome> {
     let model_sha256 = model.info().sha256.clone();
     log::info!("calibration started: {} files", files.len());
 
-    // Score at the paper's GradNorm scale; the other scorers ignore the scale.
-    let scorer = Scorer {
-        kind: ScorerKind::GradNorm,
-        temperature: args.model.temperature,
-        gradnorm_scale: GradNormScale::Paper,
-    };
-    let mut pipeline = Pipeline::new(
-        model,
-        scorer,
-        Gate::new(f32::NEG_INFINITY),
-        args.model.limits(),
-    );
+    let mut pipeline = args.model.scoring_pipeline(model);
     let mut fitted_scorers = load_fitted(&args, &pipeline)?;
     let mut scores: Vec<Vec<f32>> =
         vec![Vec::with_capacity(files.len()); ScorerKind::ALL.len() + fitted_scorers.len()];

@@ -9,7 +9,7 @@ use gradgate::eval::{collect_activations, plot, score_cached, Collected, Feature
 use gradgate::score::fitted::{self, FitParams, FittedScorer, StatsFile};
 use gradgate::score::Detector;
 use gradgate::source::expand_sources;
-use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
+use gradgate::{Scorer, ScorerKind};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -111,17 +111,8 @@ pub(crate) fn eval(args: EvalArgs) -> Result<Outcome> {
         ProgressStyle::with_template("{prefix:>12} {bar:30} {pos}/{len} images, {eta} left")
             .expect("the progress template is valid"),
     );
-    let scorer = Scorer {
-        kind: ScorerKind::GradNorm,
-        temperature: args.model.temperature,
-        gradnorm_scale: GradNormScale::Paper,
-    };
-    let mut pipeline = Pipeline::new(
-        model,
-        scorer,
-        Gate::new(f32::NEG_INFINITY),
-        args.model.limits(),
-    );
+    let scorer = args.model.scorer();
+    let mut pipeline = args.model.scoring_pipeline(model);
     progress.set_prefix("in-dist");
     let id = collect_activations(&mut pipeline, cache.as_ref(), &id_files, |_| {
         progress.inc(1)

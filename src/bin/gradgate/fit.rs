@@ -8,7 +8,7 @@ use gradgate::score::fitted::{
     self, fit, DetectorStats, FitParams, FittedKind, FittedScorer, StatsFile,
 };
 use gradgate::source::expand_sources;
-use gradgate::{Gate, GradNormScale, Head, Pipeline, Scorer, ScorerKind};
+use gradgate::Head;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -71,17 +71,7 @@ pub(crate) fn fit_command(args: FitArgs) -> Result<Outcome> {
     let model_sha256 = model.info().sha256.clone();
     log::info!("fit started: {} files", files.len());
 
-    let scorer = Scorer {
-        kind: ScorerKind::GradNorm,
-        temperature: args.model.temperature,
-        gradnorm_scale: GradNormScale::Paper,
-    };
-    let mut pipeline = Pipeline::new(
-        model,
-        scorer,
-        Gate::new(f32::NEG_INFINITY),
-        args.model.limits(),
-    );
+    let mut pipeline = args.model.scoring_pipeline(model);
     let collected = collect_activations(&mut pipeline, Some(&cache), &files, |_| {});
     if collected.activations.is_empty() {
         bail!("no image could be scored, so nothing was fitted");

@@ -12,7 +12,7 @@ mod run;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use gradgate::frame::FrameLimits;
-use gradgate::Model;
+use gradgate::{Gate, GradNormScale, Model, Pipeline, Scorer, ScorerKind};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -132,6 +132,28 @@ impl ModelArgs {
             max_pixels: self.max_pixels,
             max_file_bytes: self.max_file_bytes,
         }
+    }
+
+    /// Returns the closed-form scorer settings for commands that score with every detector:
+    /// GradNorm at the paper scale (target 1/C), at this temperature. The other scorers ignore
+    /// the scale.
+    pub(crate) fn scorer(&self) -> Scorer {
+        Scorer {
+            kind: ScorerKind::GradNorm,
+            temperature: self.temperature,
+            gradnorm_scale: GradNormScale::Paper,
+        }
+    }
+
+    /// Builds a pipeline for `calibrate`, `eval` and `fit`, which read scores rather than
+    /// decisions, so its gate passes every frame.
+    pub(crate) fn scoring_pipeline(&self, model: Model) -> Pipeline {
+        Pipeline::new(
+            model,
+            self.scorer(),
+            Gate::new(f32::NEG_INFINITY),
+            self.limits(),
+        )
     }
 
     pub(crate) fn load(&self) -> Result<Model> {
