@@ -64,8 +64,8 @@ pub struct Calibration {
     pub sources: Vec<String>,
     /// Per scorer name (GradNorm at the paper scale, target 1/C).
     pub scorers: BTreeMap<String, ScoreSummary>,
-    /// The detector `run` uses when no `--scorer` is given, chosen by whoever calibrated the
-    /// model from an evaluation; GradNorm when absent.
+    /// The detector `run` uses when no `--scorer` is given, chosen at calibration time from an
+    /// evaluation. `run` falls back to GradNorm when it is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommended: Option<String>,
 }
