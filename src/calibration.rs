@@ -7,7 +7,8 @@
 //!
 //! # Important notes
 //! - A calibration is valid for one model file (checked by SHA-256) and one temperature.
-//!   GradNorm thresholds are stored at the paper scale (target 1/C). The official scale
+//!   GradNorm thresholds are stored at the scale of the GradNorm paper (Huang, Geng and Li,
+//!   2021), with target 1/C per class. The official scale
 //!   (target 1) multiplies them by the class count.
 
 use crate::score::{DetectorName, ScorerKind};
@@ -62,7 +63,7 @@ pub struct Calibration {
     pub images: usize,
     /// The folders or files the images came from, as given.
     pub sources: Vec<String>,
-    /// Per scorer name (GradNorm at the paper scale, target 1/C).
+    /// Per scorer name (GradNorm with target 1/C per class).
     pub scorers: BTreeMap<String, ScoreSummary>,
     /// The detector `run` uses when no `--scorer` is given, chosen at calibration time from an
     /// evaluation. `run` falls back to GradNorm when it is absent.
@@ -220,7 +221,7 @@ impl Calibration {
         Ok(calibration)
     }
 
-    /// Returns the threshold for `scorer` (GradNorm at the paper scale, target 1/C), after checking that this
+    /// Returns the threshold for `scorer` (GradNorm with target 1/C per class), after checking that this
     /// calibration belongs to the model with hash `model_sha256` and to `temperature`.
     pub fn threshold(
         &self,

@@ -94,7 +94,7 @@ fn normalize(level: u8, channel: usize, spec: &PreprocessSpec) -> f32 {
 /// fixed-point weights of the inputs it reads.
 ///
 /// Invariant after [`Taps::compute`]: for every output `o < outputs`, `start[o] + count[o]` is
-/// at most the input size and `count[o] ≤ stride`, and `weights[o * stride..][..count[o]]` holds
+/// at most the input size and `count[o] ≤ stride`, and `weights[o * stride..][..count[o]]` contains
 /// its weights scaled by 2²².
 struct Taps {
     start: Box<[usize]>,

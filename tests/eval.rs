@@ -33,7 +33,7 @@ fn eval_json(cache: &std::path::Path) -> Output {
 }
 
 #[test]
-fn eval_json_has_one_row_per_detector_and_set() {
+fn eval_json_rows_per_detector() {
     let cache = tempfile::tempdir().unwrap();
     let output = eval_json(cache.path());
     assert_eq!(

@@ -249,6 +249,7 @@ fn nan_features_are_reported_not_scored() {
         &["a", "b", "c"],
     );
     let path = write(&dir, "log.onnx", &bytes);
+
     let model = Model::load(&path).unwrap();
     let mut pipeline = Pipeline::new(
         model,
@@ -257,6 +258,7 @@ fn nan_features_are_reported_not_scored() {
         FrameLimits::default(),
     );
     pipeline.input_mut().as_mut_slice().fill(-1.0);
+
     let err = pipeline.infer().unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -181,8 +181,8 @@ fn int8_top1_matches_onnxruntime() {
 }
 
 /// Largest difference, in 8-bit levels, between gradgate's input tensor and Pillow's crop for
-/// JPEG sources. The image crate decodes JPEG with zune-jpeg and Pillow with libjpeg-turbo;
-/// their IDCT and chroma upsampling round differently (3 levels at most on the bundled images).
+/// JPEG sources. gradgate decodes JPEG with zune-jpeg and Pillow with libjpeg-turbo, and their
+/// IDCT and chroma upsampling round differently (3 levels at most on the bundled images).
 /// PNG and WebP decode identically, so there the tensors must be equal.
 const JPEG_DECODER_LEVELS: u32 = 3;
 

@@ -45,7 +45,7 @@ impl FeatureCache {
         }
     }
 
-    /// The default cache root: `$XDG_CACHE_HOME/gradgate`, else `$HOME/.cache/gradgate`, else
+    /// Returns the default cache root: `$XDG_CACHE_HOME/gradgate`, else `$HOME/.cache/gradgate`, else
     /// `.gradgate-cache` in the working folder.
     pub fn default_root() -> PathBuf {
         if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {

@@ -186,9 +186,9 @@ pub fn aupr_out(id: &[f32], ood: &[f32]) -> f64 {
 /// computed in float64 as in numpy, so a near tie such as recall 0.9 against 1.0 is
 /// decided by the same rounding.
 ///
-/// When several thresholds are equally near (typically thresholds with the same ID
-/// recall that differ only in OOD scores), the reference scans from low to high threshold
-/// and keeps the first, so the LOWEST such threshold wins: the largest FPR among them.
+/// Several thresholds can be equally near, typically ones with the same ID recall that differ
+/// only in OOD scores. The reference scans from low to high threshold and keeps the first, so
+/// the lowest such threshold wins, which gives the largest FPR among them.
 /// The recall reached can be below 95%. NaN if either set is empty.
 pub fn fpr95_id_positive(id: &[f32], ood: &[f32]) -> f64 {
     fpr95_id_positive_from_groups(&tie_groups(id, ood))

@@ -1,10 +1,11 @@
 //! The classifier: loads an ONNX file with tract, finds its head, and runs the backbone.
 //!
-//! The only module that imports tract. [`Model::load`] reads the file once, finds the final
-//! linear layer by inspecting the graph ([`HeadSpec`]), cuts the graph at the pooled features that
-//! layer reads, optimizes the backbone for a fixed `1 × 3 × S × S` input, and keeps one tract
-//! state for every frame. [`Model::run`] copies an [`InputTensor`] in, runs the backbone and
-//! copies the features into an [`Activations`]; the runtime computes the logits itself.
+//! The only module that imports tract. [`Model::load`] reads the file once and finds the final
+//! linear layer by inspecting the graph ([`HeadSpec`]). It cuts the graph at the pooled
+//! features that layer reads, optimizes the backbone for a fixed `1 × 3 × S × S` input, and
+//! keeps one tract state for every frame. [`Model::run`] copies an [`InputTensor`] in, runs the
+//! backbone and copies the features into an [`Activations`]. The runtime computes the logits
+//! itself.
 //!
 //! # Important notes
 //! - tract's `run` returns owned tensors, and its ops allocate their outputs, so

@@ -134,9 +134,9 @@ impl std::error::Error for DecodeError {}
 /// their internal state (Huffman tables, row buffers) on every call. JPEG is decoded in
 /// zune-jpeg's strict mode, which rejects markers where scan data belongs.
 ///
-/// NOTE: a JPEG whose scan stops early at an end-of-image marker (a cut file with the
-/// marker appended, or a header declaring more rows than the scan holds) still decodes,
-/// with the missing blocks filled in; zune-jpeg 0.5.15 accepts it even in strict mode.
+/// NOTE: a JPEG whose scan stops early at an end-of-image marker still decodes, with the
+/// missing blocks filled in. Cut files with the marker appended and headers that declare more
+/// rows than the scan holds both do, because zune-jpeg 0.5.15 accepts them even in strict mode.
 pub fn decode_into(
     bytes: &[u8],
     limits: &FrameLimits,
@@ -222,7 +222,7 @@ fn decode_jpeg(bytes: &[u8], limits: &FrameLimits, out: &mut FrameBuf) -> Result
     let (width, height) = decoder
         .dimensions()
         .ok_or_else(|| DecodeError::InvalidJpeg("no frame header".into()))?;
-    // JPEG dimensions are 16-bit, so these conversions cannot fail.
+    // A JPEG frame header stores each dimension in 16 bits, so both fit in u32.
     let (width, height) = (width as u32, height as u32);
     check_size(width, height, limits)?;
 
@@ -244,7 +244,7 @@ fn decode_jpeg(bytes: &[u8], limits: &FrameLimits, out: &mut FrameBuf) -> Result
 
 /// Returns true when an end-of-image marker (FF D9) follows the last start-of-scan marker
 /// (FF DA). Inside entropy-coded data every FF byte is followed by 00 or a restart marker, so
-/// neither marker can occur there by accident; an EXIF thumbnail's markers come before the
+/// neither marker can occur there by accident. An EXIF thumbnail's markers come before the
 /// main image's scans.
 ///
 /// NOTE: a file with bytes appended after its end-of-image marker that happen to contain

@@ -58,9 +58,9 @@ impl std::error::Error for SourceError {}
 
 /// Expands command-line sources into an ordered list of image files.
 ///
-/// A source is a regular file (taken as is), a folder (every regular file with an
-/// [`IMAGE_EXTENSIONS`] extension below it, recursively, sorted by path) or a glob pattern
-/// (its matching files as is and its matching folders searched like a folder, sorted).
+/// A regular file is taken as is. A folder yields every regular file with an
+/// [`IMAGE_EXTENSIONS`] extension below it, recursively, sorted by path. A glob pattern yields
+/// its matching files as is and searches its matching folders like a folder, sorted.
 /// Sources keep their command-line order. Symbolic links are followed, but each folder is
 /// searched once, so a link cycle ends the walk instead of repeating it. Folders and glob
 /// entries that cannot be read are logged and skipped. Runs once at start-up and allocates

@@ -135,7 +135,7 @@ impl ModelArgs {
     }
 
     /// Returns the closed-form scorer settings for commands that score with every detector:
-    /// GradNorm at the paper scale (target 1/C), at this temperature. The other scorers ignore
+    /// GradNorm with target 1/C per class, at this temperature. The other scorers ignore
     /// the scale.
     pub(crate) fn scorer(&self) -> Scorer {
         Scorer {
