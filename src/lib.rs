@@ -41,6 +41,7 @@ pub mod gate;
 pub mod model;
 mod pipeline;
 pub mod score;
+pub mod signal;
 pub mod source;
 pub mod tensor;
 

@@ -1,13 +1,14 @@
 //! Heap allocations per frame, counted stage by stage through a global allocator.
 //!
-//! gradgate's own stages (file read, preprocessing, feature copy, head, scores, decision) must
-//! allocate nothing after start-up. Two stages run code that is not gradgate's and do allocate:
-//! the image crate's decoders (their internal state) and tract's `run` (each node's output
-//! tensor). Those are measured and checked for being bounded, not for being zero.
+//! gradgate's own stages (file read, preprocessing, feature copy, head, scores, decision,
+//! debounced gate) must allocate nothing after start-up. Two stages run code that is not
+//! gradgate's and do allocate: the image crate's decoders (their internal state) and tract's
+//! `run` (each node's output tensor). Those are measured and checked for being bounded, not for being zero.
 //!
 //! This file contains one test so that no other test thread allocates while it counts.
 
 use gradgate::frame::FrameLimits;
+use gradgate::gate::{DebounceConfig, DebouncedGate, EnterRule, FrameRef, Verdict};
 use gradgate::{Gate, Model, Pipeline, Scorer, ScorerKind};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -73,11 +74,13 @@ struct Pass {
     backbone: Tally,
     activations: Tally,
     decide: Tally,
+    debounce: Tally,
 }
 
-fn run_pass(pipeline: &mut Pipeline, frames: &[PathBuf]) -> Pass {
+fn run_pass(pipeline: &mut Pipeline, gate: &mut DebouncedGate, frames: &[PathBuf]) -> Pass {
     let mut pass = Pass::default();
-    for path in frames {
+    let now = std::time::SystemTime::now();
+    for (index, path) in frames.iter().enumerate() {
         counted(&mut pass.read, || pipeline.read_file(path)).unwrap();
         counted(&mut pass.decode, || pipeline.decode_file()).unwrap();
         counted(&mut pass.preprocess, || pipeline.preprocess());
@@ -85,6 +88,17 @@ fn run_pass(pipeline: &mut Pipeline, frames: &[PathBuf]) -> Pass {
         counted(&mut pass.activations, || pipeline.cache_activations()).unwrap();
         let result = counted(&mut pass.decide, || pipeline.decide());
         assert!(result.verdict.score.is_finite());
+        // Two out-of-distribution frames in three, so that events open and close.
+        let verdict = Verdict {
+            ood: index % 3 != 0,
+            ..result.verdict
+        };
+        let frame = FrameRef {
+            index: index as u64,
+            time: now,
+            source: "tests/data",
+        };
+        counted(&mut pass.debounce, || gate.step(frame, verdict));
     }
     pass
 }
@@ -115,11 +129,16 @@ fn frame_stages_allocate_only_in_dependencies() {
         FrameLimits::default(),
     );
     let frames = frames();
+    let debounce = DebounceConfig {
+        enter: EnterRule::Consecutive { frames: 1 },
+        leave_frames: 1,
+    };
+    let mut gate = DebouncedGate::new(debounce, 0.0).unwrap();
 
     // Warm up: first calls may initialize lazily (thread-locals, kernel selection).
-    run_pass(&mut pipeline, &frames);
-    let first = run_pass(&mut pipeline, &frames);
-    let second = run_pass(&mut pipeline, &frames);
+    run_pass(&mut pipeline, &mut gate, &frames);
+    let first = run_pass(&mut pipeline, &mut gate, &frames);
+    let second = run_pass(&mut pipeline, &mut gate, &frames);
     eprintln!("frames per pass: {}", frames.len());
     eprintln!("{first:#?}");
 
@@ -139,6 +158,15 @@ fn frame_stages_allocate_only_in_dependencies() {
         first.decide,
         Tally::default(),
         "scoring or the gate allocated"
+    );
+    assert_eq!(
+        first.debounce,
+        Tally::default(),
+        "the debounced gate allocated"
+    );
+    assert!(
+        gate.event().is_some(),
+        "no event opened, so opening was not counted"
     );
 
     // Decoders: the same work each pass.

@@ -61,14 +61,15 @@ impl std::error::Error for SourceError {}
 /// A regular file is taken as is. A folder yields every regular file with an
 /// [`IMAGE_EXTENSIONS`] extension below it, recursively, sorted by path. A glob pattern yields
 /// its matching files as is and searches its matching folders like a folder, sorted.
-/// Sources keep their command-line order. Symbolic links are followed, but each folder is
+/// Sources keep their command-line order, and a source given twice is expanded twice (to
+/// loop over a test set). Symbolic links are followed, but within one source each folder is
 /// searched once, so a link cycle ends the walk instead of repeating it. Folders and glob
 /// entries that cannot be read are logged and skipped. Runs once at start-up and allocates
 /// freely.
 pub fn expand_sources<S: AsRef<OsStr>>(sources: &[S]) -> Result<Vec<PathBuf>, SourceError> {
     let mut files = Vec::new();
-    let mut visited = HashSet::new();
     for source in sources {
+        let mut visited = HashSet::new();
         let path = Path::new(source.as_ref());
         let before = files.len();
         if path.is_dir() {
@@ -280,6 +281,19 @@ mod tests {
         std::os::unix::fs::symlink(dir.path(), inner.join("loop")).unwrap();
         let files = expand_sources(&[dir.path()]).unwrap();
         assert_eq!(files, vec![inner.join("x.jpg")]);
+    }
+
+    // Used to fail: the second copy of a folder found every folder already visited and
+    // reported "contains no image files".
+    #[test]
+    fn folder_given_twice_is_expanded_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.jpg"), b"x").unwrap();
+        let files = expand_sources(&[dir.path(), dir.path()]).unwrap();
+        assert_eq!(
+            files,
+            vec![dir.path().join("x.jpg"), dir.path().join("x.jpg")]
+        );
     }
 
     #[test]

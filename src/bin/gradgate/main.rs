@@ -5,9 +5,11 @@
 //! calibration or source) before any frame was scored.
 
 mod calibrate;
+mod config;
 mod eval;
 mod fit;
 mod run;
+mod signals;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -38,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Score images and print one JSON line per frame on stdout.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Score in-distribution images and store thresholds beside the model.
     Calibrate(calibrate::CalibrateArgs),
     /// Compare scorers on in-distribution and OOD image sets: AUROC, AUPR, FPR at 95% TPR.
@@ -104,7 +106,7 @@ fn main() -> ExitCode {
         .init();
 
     let outcome = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Eval(args) => eval::eval(args),
         Command::Fit(args) => fit::fit_command(args),

@@ -1,9 +1,11 @@
 //! `gradgate run`: score images and print one JSON line per frame.
 
+use crate::signals::{SignalArgs, Signals};
 use crate::{ModelArgs, Outcome};
 use anyhow::{Context, Result};
 use clap::Args;
 use gradgate::calibration::{self, Calibration};
+use gradgate::gate::FrameRef;
 use gradgate::score::fitted::{self, FittedScorer, StatsFile};
 use gradgate::score::{Detector, DetectorName};
 use gradgate::source::expand_sources;
@@ -11,7 +13,9 @@ use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 #[derive(Args)]
 pub(crate) struct RunArgs {
@@ -39,6 +43,8 @@ pub(crate) struct RunArgs {
     /// Image files, folders (searched recursively for .jpg, .jpeg, .png, .webp) or glob patterns
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<std::ffi::OsString>,
+    #[command(flatten)]
+    signals: SignalArgs,
 }
 
 fn write_line(out: &mut impl Write, line: &FrameLine<'_>) -> std::io::Result<()> {
@@ -62,9 +68,25 @@ struct FrameLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     prob: Option<f32>,
     scorer: &'a str,
+    /// The debounced state after this frame: `in` or `out`.
+    state: &'static str,
     latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+/// Registers SIGINT and SIGTERM. The first signal sets the returned flag, which the frame
+/// loop checks between frames. A second one ends the process at once, for a stuck shutdown.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The conditional exit goes first: it only fires when the flag is already set.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
+            .context("cannot install the signal handlers")?;
+        signal_hook::flag::register(signal, Arc::clone(&flag))
+            .context("cannot install the signal handlers")?;
+    }
+    Ok(flag)
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
@@ -149,6 +171,10 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
         name
     );
 
+    let mut signals = Signals::start(&args.signals, threshold, name.name())?;
+    let stop = stop_flag()?;
+    let mut frame_message = Vec::with_capacity(1024);
+
     let mut pipeline = Pipeline::with_detector(
         model,
         scorer,
@@ -161,10 +187,20 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     let stdout = std::io::stdout();
     let mut out = std::io::LineWriter::new(stdout.lock());
     let (mut inside, mut outside, mut skipped) = (0usize, 0usize, 0usize);
+    let mut stopped_by_signal = false;
+    let mut write_error = None;
     for (frame, path) in files.iter().enumerate() {
+        // A stop signal ends the run between frames, never inside one.
+        if stop.load(Ordering::Relaxed) {
+            log::info!("stop signal received; stopping before frame {frame}");
+            stopped_by_signal = true;
+            break;
+        }
+        let captured = SystemTime::now();
         let started = Instant::now();
         let result = pipeline.step(path);
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let latency = started.elapsed();
+        let latency_ms = latency.as_secs_f64() * 1000.0;
         let source = path.to_string_lossy();
         let line = match result {
             Ok(result) => {
@@ -173,6 +209,12 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                 } else {
                     inside += 1;
                 }
+                let at = FrameRef {
+                    index: frame as u64,
+                    time: captured,
+                    source: &source,
+                };
+                signals.frame(at, result.verdict, latency);
                 FrameLine {
                     source: &source,
                     frame,
@@ -187,12 +229,14 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                         .map(String::as_str),
                     prob: Some(result.prob),
                     scorer: name.name(),
+                    state: signals.state().as_str(),
                     latency_ms,
                     error: None,
                 }
             }
             Err(err) => {
                 skipped += 1;
+                signals.skipped();
                 log::warn!("skipped frame {frame} ({source}): {err}");
                 FrameLine {
                     source: &source,
@@ -203,28 +247,44 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                     label: None,
                     prob: None,
                     scorer: name.name(),
+                    state: signals.state().as_str(),
                     latency_ms,
                     error: Some(err.to_string()),
                 }
             }
         };
+        if signals.wants_frames() {
+            // The buffer is reused; it grows only while a message is longer than any before.
+            frame_message.clear();
+            if serde_json::to_writer(&mut frame_message, &line).is_ok() {
+                signals.frame_message(&frame_message);
+            }
+        }
         if let Err(err) = write_line(&mut out, &line) {
             // A closed pipe (`gradgate run … | head`) means the reader has what it wanted.
             if err.kind() == std::io::ErrorKind::BrokenPipe {
                 log::info!("stdout closed after frame {frame}; stopping");
                 break;
             }
-            return Err(err).context("cannot write to stdout");
+            write_error = Some(err);
+            break;
         }
     }
 
+    // Close any open event and deliver or persist the queue, also when stdout failed.
+    signals.finish();
+    if let Some(err) = write_error {
+        return Err(err).context("cannot write to stdout");
+    }
     log::info!("run finished");
     eprintln!(
-        "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped (scorer {}, threshold {threshold})",
-        files.len(),
-        name
+        "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped (scorer {}, threshold {threshold}){}",
+        inside + outside + skipped,
+        name,
+        if stopped_by_signal { ", stopped by signal" } else { "" }
     );
-    Ok(if skipped == 0 {
+    // A stop signal is the normal way to end a camera run, so it exits 0.
+    Ok(if skipped == 0 || stopped_by_signal {
         Outcome::AllFrames
     } else {
         Outcome::SomeSkipped

@@ -1,15 +1,24 @@
-//! Per-frame in/out decision.
+//! In/out decisions: per frame, then debounced into events.
 //!
 //! Stage five of the data path (frame → tensor → activations → score → **gate** → signal).
 //! A [`Gate`] compares each frame's score with a calibrated threshold and returns a `Copy`
 //! [`Verdict`]. Scores are oriented so that higher means in-distribution, for every scorer.
+//! A [`DebouncedGate`] turns the stream of verdicts into an in/out state with hysteresis and
+//! records each out-of-distribution spell as an [`EventRecord`], which the signals publish.
 //!
 //! # Important notes
 //! - A score exactly at the threshold counts as in-distribution: calibration picks the
 //!   threshold as a score that 95% of in-distribution frames reach or exceed.
-//! - The gate decides one frame at a time; it does not debounce.
+//! - [`Gate`] decides one frame at a time; only [`DebouncedGate`] debounces.
 
 #![deny(missing_docs)]
+
+mod debounce;
+
+pub use debounce::{
+    CloseReason, DebounceConfig, DebounceError, DebouncedGate, EnterRule, EventRecord, FrameRef,
+    GateState, Transition, SOURCE_CAPACITY,
+};
 
 /// The decision for one frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
