@@ -125,6 +125,13 @@ mod tests {
     }
 
     #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../docs/config.example.toml");
+        let config: ConfigFile = toml::from_str(text).unwrap();
+        assert_eq!(config.gpio.line.as_deref(), Some("cdev:GPIO17"));
+    }
+
+    #[test]
     fn negative_seconds_are_rejected() {
         assert!(seconds("mqtt.stats_interval_s", -1.0).is_err());
     }
