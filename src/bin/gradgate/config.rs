@@ -86,23 +86,48 @@ impl ConfigFile {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let config: ConfigFile = toml::from_str(&text).map_err(|err| {
-            // toml's message names the key and shows the line; keep it whole.
-            anyhow::anyhow!(
-                "config file {}: {}",
-                path.display(),
-                err.to_string().trim_end()
-            )
+            anyhow::anyhow!("config file {}: {}", path.display(), describe(&text, &err))
         })?;
         log::info!("read config file {}", path.display());
         Ok(config)
     }
 }
 
-/// Reads a seconds value from the config file into a `Duration`.
-pub(crate) fn seconds(key: &str, value: f64) -> Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(value).map_err(|_| {
-        anyhow::anyhow!("{key} = {value} is not a number of seconds from 0 up; use for example 10")
-    })
+/// Describes a TOML error with its line and column. toml's own message quotes the line and
+/// the value, so it is used only when the line holds no secret.
+fn describe(text: &str, err: &toml::de::Error) -> String {
+    let Some(span) = err.span() else {
+        return err.message().to_string();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_number = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = &text[line_start..line_end];
+    let column = before.len() - line_start + 1;
+    if line.to_ascii_lowercase().contains("password") {
+        return format!(
+            "line {line_number}, column {column}: invalid password entry (not shown); \
+             write it as password = \"…\" in [mqtt], or set GRADGATE_MQTT_PASSWORD"
+        );
+    }
+    err.to_string().trim_end().to_string()
+}
+
+/// Reads a seconds value into a `Duration`, checking `min_s ≤ value ≤ max_s`. `key` names
+/// both the option and the config key, for the message.
+pub(crate) fn seconds(
+    key: &str,
+    value: f64,
+    min_s: f64,
+    max_s: f64,
+) -> Result<std::time::Duration> {
+    if !(min_s..=max_s).contains(&value) {
+        anyhow::bail!("{key} = {value} is outside {min_s} to {max_s} seconds");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
 }
 
 #[cfg(test)]
@@ -133,6 +158,32 @@ mod tests {
 
     #[test]
     fn negative_seconds_are_rejected() {
-        assert!(seconds("mqtt.stats_interval_s", -1.0).is_err());
+        assert!(seconds("mqtt.stats_interval_s", -1.0, 0.0, 10.0).is_err());
+    }
+
+    #[test]
+    fn huge_seconds_are_rejected() {
+        assert!(seconds("mqtt.shutdown_timeout_s", 1e19, 0.0, 3600.0).is_err());
+    }
+
+    #[test]
+    fn password_syntax_error_hides_the_value() {
+        let text = "[mqtt]\npassword = S3cret!\n";
+        let err = toml::from_str::<ConfigFile>(text).unwrap_err();
+        assert!(!describe(text, &err).contains("S3cret"));
+    }
+
+    #[test]
+    fn password_type_error_hides_the_value() {
+        let text = "[mqtt]\npassword = 987654321\n";
+        let err = toml::from_str::<ConfigFile>(text).unwrap_err();
+        assert!(!describe(text, &err).contains("987654321"));
+    }
+
+    #[test]
+    fn other_errors_keep_toml_message() {
+        let text = "[gate]\nenter_frames = \"three\"\n";
+        let err = toml::from_str::<ConfigFile>(text).unwrap_err();
+        assert!(describe(text, &err).contains("enter_frames"));
     }
 }

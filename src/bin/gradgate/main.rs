@@ -96,10 +96,12 @@ pub(crate) fn finite_f32(s: &str) -> Result<f32, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // tract logs every graph pass at debug level, thousands of lines per model load, so its
+    // crates stay at info under -vv unless RUST_LOG asks for more.
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
-        _ => "debug",
+        _ => "debug,tract=info",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_target(false)

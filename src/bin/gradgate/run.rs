@@ -81,7 +81,8 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // The conditional exit goes first: it only fires when the flag is already set.
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
+        // Exit status 128 + signal number, as a shell reports a process killed by it.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&flag))
             .context("cannot install the signal handlers")?;
         signal_hook::flag::register(signal, Arc::clone(&flag))
             .context("cannot install the signal handlers")?;
@@ -189,6 +190,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     let (mut inside, mut outside, mut skipped) = (0usize, 0usize, 0usize);
     let mut stopped_by_signal = false;
     let mut write_error = None;
+    let mut stdout_open = true;
     for (frame, path) in files.iter().enumerate() {
         // A stop signal ends the run between frames, never inside one.
         if stop.load(Ordering::Relaxed) {
@@ -260,9 +262,18 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
                 signals.frame_message(&frame_message);
             }
         }
+        if !stdout_open {
+            continue;
+        }
         if let Err(err) = write_line(&mut out, &line) {
-            // A closed pipe (`gradgate run … | head`) means the reader has what it wanted.
+            // A closed pipe (`gradgate run … | head`) means the reader has what it wanted,
+            // unless MQTT or GPIO carry the decisions: then the run goes on without stdout.
             if err.kind() == std::io::ErrorKind::BrokenPipe {
+                if signals.is_active() {
+                    log::warn!("stdout closed after frame {frame}; going on for MQTT and GPIO");
+                    stdout_open = false;
+                    continue;
+                }
                 log::info!("stdout closed after frame {frame}; stopping");
                 break;
             }

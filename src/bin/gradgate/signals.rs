@@ -115,7 +115,9 @@ impl Signals {
 
         // The gate.
         let debounce = debounce_config(args, &file)?;
-        let gate = DebouncedGate::new(debounce, threshold).context("invalid gate settings")?;
+        let gate = DebouncedGate::new(debounce, threshold).context(
+            "invalid gate settings (--enter-frames, --enter-ema, --leave-frames or [gate])",
+        )?;
         let device = match args.device_id.clone().or(file.device_id.clone()) {
             Some(id) => id,
             None => default_device_id(),
@@ -158,6 +160,11 @@ impl Signals {
     /// Returns the debounced state after the last frame.
     pub(crate) fn state(&self) -> GateState {
         self.gate.state()
+    }
+
+    /// Returns true when MQTT or GPIO carry the decisions.
+    pub(crate) fn is_active(&self) -> bool {
+        self.mqtt.is_some() || self.gpio.is_some()
     }
 
     /// True when per-frame messages go to MQTT, so the caller builds them.
@@ -229,12 +236,13 @@ impl Signals {
             gpio.set_ood(ood);
         }
         if let Some(mqtt) = &self.mqtt {
+            // The event goes first, so that a subscriber that reacts to the state change
+            // can already find the event that caused it.
             let payload = event_json(&self.ids, event, kind, self.scorer);
-            mqtt.publish_state(ood);
             if let Err(err) = mqtt.publish_event(&payload) {
-                // The disk refused the event; it is still offered to the broker.
-                log::error!("event {}: {err}", self.ids.id(event.seq));
+                log::error!("event {} not published: {err}", self.ids.id(event.seq));
             }
+            mqtt.publish_state(ood);
         }
     }
 }
@@ -245,6 +253,16 @@ fn debounce_config(args: &SignalArgs, file: &ConfigFile) -> Result<DebounceConfi
         EnterRule::Consecutive { frames } => frames,
         EnterRule::Ema { .. } => unreachable!("the default enters on consecutive frames"),
     };
+    // A key for the other rule would be silently ignored, so it is an error.
+    match file.gate.enter.as_deref() {
+        Some("ema") if file.gate.enter_frames.is_some() => bail!(
+            "config gate.enter_frames is set, but gate.enter = \"ema\" does not use it; remove one"
+        ),
+        None | Some("consecutive") if file.gate.ema_alpha.is_some() && args.enter_ema.is_none() => {
+            bail!("config gate.ema_alpha is set, but gate.enter is not \"ema\"; add enter = \"ema\" or remove it")
+        }
+        _ => {}
+    }
     let enter = if let Some(alpha) = args.enter_ema {
         EnterRule::Ema { alpha }
     } else if let Some(frames) = args.enter_frames {
@@ -285,6 +303,12 @@ fn gpio_config(args: &SignalArgs, file: &ConfigFile) -> Result<GpioConfig> {
         .or(file.gpio.pulse_ms)
         .unwrap_or(DEFAULT_PULSE_MS);
     let mode = match args.gpio_mode.as_deref().or(file.gpio.mode.as_deref()) {
+        None | Some("level") if args.gpio_pulse_ms.is_some() || file.gpio.pulse_ms.is_some() => {
+            bail!(
+                "a pulse length (--gpio-pulse-ms or gpio.pulse_ms) needs --gpio-mode pulse; \
+                 in level mode the line stays active for the whole event"
+            )
+        }
         None | Some("level") => GpioMode::Level,
         Some("pulse") => GpioMode::Pulse { pulse_ms },
         Some(other) => bail!("GPIO mode '{other}' is not a mode; use 'level' or 'pulse'"),
@@ -299,19 +323,28 @@ fn gpio_config(args: &SignalArgs, file: &ConfigFile) -> Result<GpioConfig> {
 fn mqtt_config(args: &SignalArgs, file: &ConfigFile, device: &str) -> Result<Option<MqttConfig>> {
     let section = &file.mqtt;
     let Some(url) = args.mqtt.as_deref().or(section.url.as_deref()) else {
+        let given = args.mqtt_prefix.is_some()
+            || args.mqtt_ca_file.is_some()
+            || args.mqtt_client_cert.is_some()
+            || args.mqtt_queue_dir.is_some()
+            || args.mqtt_queue_max_bytes.is_some()
+            || args.mqtt_frames
+            || args.mqtt_stats_interval.is_some();
+        if given {
+            log::warn!("MQTT options are ignored without --mqtt URL or mqtt.url");
+        }
         return Ok(None);
     };
-    let url: MqttUrl = url.parse().context("invalid --mqtt URL")?;
+    let url: MqttUrl = url.parse()?;
     let mut config = MqttConfig::new(url, device.to_string());
     if let Some(prefix) = args.mqtt_prefix.clone().or(section.prefix.clone()) {
         config.prefix = prefix;
     }
-    config.username = std::env::var(ENV_USERNAME)
-        .ok()
-        .or(section.username.clone());
-    config.password = std::env::var(ENV_PASSWORD)
-        .ok()
-        .or(section.password.clone());
+    // An empty variable counts as unset, so that `GRADGATE_MQTT_PASSWORD=` in an
+    // environment file does not override the config file with an empty password.
+    let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    config.username = env(ENV_USERNAME).or(section.username.clone());
+    config.password = env(ENV_PASSWORD).or(section.password.clone());
     config.ca_file = args.mqtt_ca_file.clone().or(section.ca_file.clone());
     config.client_cert = args
         .mqtt_client_cert
@@ -327,22 +360,29 @@ fn mqtt_config(args: &SignalArgs, file: &ConfigFile, device: &str) -> Result<Opt
     }
     config.publish_frames = args.mqtt_frames || section.publish_frames.unwrap_or(false);
     if let Some(s) = args.mqtt_stats_interval.or(section.stats_interval_s) {
-        config.stats_interval = config::seconds("stats interval", s)?;
+        // Below 0.1 s the stats messages would compete with inference for the CPU.
+        let key = "--mqtt-stats-interval (mqtt.stats_interval_s)";
+        config.stats_interval = if s == 0.0 {
+            Duration::ZERO
+        } else {
+            config::seconds(key, s, 0.1, 86_400.0)
+                .context("use 0 to turn stats off, else 0.1 s or more")?
+        };
     }
     if let Some(bytes) = section.max_packet_bytes {
         config.max_packet_bytes = bytes;
     }
     if let Some(s) = section.keep_alive_s {
-        config.keep_alive = config::seconds("mqtt.keep_alive_s", s)?;
+        config.keep_alive = config::seconds("mqtt.keep_alive_s", s, 0.0, 65_535.0)?;
     }
     if let Some(s) = section.reconnect_min_s {
-        config.reconnect_min = config::seconds("mqtt.reconnect_min_s", s)?;
+        config.reconnect_min = config::seconds("mqtt.reconnect_min_s", s, 0.0, 3_600.0)?;
     }
     if let Some(s) = section.reconnect_max_s {
-        config.reconnect_max = config::seconds("mqtt.reconnect_max_s", s)?;
+        config.reconnect_max = config::seconds("mqtt.reconnect_max_s", s, 0.0, 3_600.0)?;
     }
     if let Some(s) = section.shutdown_timeout_s {
-        config.shutdown_timeout = config::seconds("mqtt.shutdown_timeout_s", s)?;
+        config.shutdown_timeout = config::seconds("mqtt.shutdown_timeout_s", s, 0.0, 3_600.0)?;
     }
     Ok(Some(config))
 }
