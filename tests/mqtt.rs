@@ -8,15 +8,18 @@
 #[path = "common/broker.rs"]
 mod broker;
 
-use broker::{Broker, BrokerKind, Message, Subscriber, PASSWORD, USERNAME};
+use broker::{send_signal, Broker, BrokerKind, Message, Subscriber, PASSWORD, USERNAME};
 use gradgate::signal::mqtt::queue::QueueError;
 use gradgate::signal::mqtt::{
-    FailureKind, Mqtt, MqttConfig, MqttError, MqttStatus, Topics, EVENT_WINDOW,
+    FailureKind, Mqtt, MqttConfig, MqttError, MqttStatus, Queued, Topics, EVENT_WINDOW,
 };
 use gradgate::signal::stats::RunStats;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -128,6 +131,86 @@ fn event_numbers(messages: &[Message]) -> Vec<usize> {
 
 fn distinct_count(numbers: &[usize]) -> usize {
     numbers.iter().collect::<BTreeSet<_>>().len()
+}
+
+/// A 16 KiB tmpfs on a temporary folder, unmounted on drop: a real file system that runs
+/// out of space.
+struct TinyDisk {
+    dir: tempfile::TempDir,
+    /// Allocation unit of the tmpfs (the memory page size), in bytes.
+    page: usize,
+}
+
+impl TinyDisk {
+    /// Mounts the tmpfs; `None`, after printing why, where mounting is not allowed (it
+    /// needs root or CAP_SYS_ADMIN).
+    fn mount() -> Option<TinyDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match output {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                eprintln!("skipped: cannot mount a tmpfs: {}", stderr.trim());
+                return None;
+            }
+            Err(error) => {
+                eprintln!("skipped: cannot run mount: {error}");
+                return None;
+            }
+        }
+        // tmpfs reports its page size as the block size.
+        use std::os::unix::fs::MetadataExt;
+        let page = fs::metadata(dir.path()).unwrap().blksize() as usize;
+        Some(TinyDisk { dir, page })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the tmpfs is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.path().join("filler");
+        let mut file = File::create(&path).unwrap();
+        let chunk = vec![0u8; 512];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => {
+                    assert_eq!(
+                        error.kind(),
+                        std::io::ErrorKind::StorageFull,
+                        "filling the tmpfs: {error}"
+                    );
+                    break;
+                }
+            }
+        }
+        path
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        // Lazy, so that a file a failed test left open cannot keep it mounted.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Builds a numbered event padded to `len` bytes.
+fn padded_event(n: usize, len: usize) -> Vec<u8> {
+    let mut payload = format!(r#"{{"event":"start","n":{n},"pad":""#).into_bytes();
+    payload.resize(len - 2, b'x');
+    payload.extend_from_slice(b"\"}");
+    payload
 }
 
 // ---- tests ----
@@ -500,14 +583,20 @@ fn full_queue_drops_oldest_and_delivers_newest() {
     let watcher = Subscriber::connect(&broker, "watcher-10", &topics.events);
     broker.stop();
 
-    // Each event is 100 bytes, 121 with its queue record header; room for five.
-    let event =
-        |n: usize| format!(r#"{{"event":"start","n":{n},"pad":"{:<68}"}}"#, "").into_bytes();
-    assert_eq!(event(0).len(), 100);
+    // Each event is 13 179 bytes, 13 200 with its queue record header. A limit of 66 000
+    // bytes, just above the smallest accepted (64 KiB), has room for five.
+    let event = |n: usize| {
+        format!(
+            r#"{{"event":"start","n":{n},"pad":"{}"}}"#,
+            "x".repeat(13_147)
+        )
+        .into_bytes()
+    };
+    assert_eq!(event(0).len(), 13_179);
     let stats = Arc::new(RunStats::new());
     let mqtt = Mqtt::start(
         MqttConfig {
-            queue_max_bytes: 5 * 121,
+            queue_max_bytes: 5 * 13_200,
             ..config(&broker, queue.path(), "cam-10")
         },
         stats.clone(),
@@ -653,6 +742,7 @@ fn stats_messages_carry_documented_keys() {
         "ood_frames",
         "events",
         "frames_dropped",
+        "stale_frames",
         "events_dropped",
         "queue_depth",
         "state",
@@ -701,4 +791,410 @@ fn shutdown_publishes_offline_retained() {
     let late = Subscriber::connect(&broker, "late-15", &topics.availability);
     let retained = late.wait_for(&topics.availability, 1, DELIVERY_TIMEOUT);
     assert_eq!(texts(&retained), vec!["offline"]);
+}
+
+#[test]
+fn full_disk_keeps_events_in_memory() {
+    capture_logs();
+    let Some(disk) = TinyDisk::mount() else {
+        return;
+    };
+    let mut broker = Broker::start(BrokerKind::Plain);
+    let topics = Topics::new("gradgate", "cam-16");
+    let watcher = Subscriber::connect(&broker, "watcher-16", &topics.events);
+    let stats = Arc::new(RunStats::new());
+    let mqtt = Mqtt::start(config(&broker, disk.path(), "cam-16"), stats.clone()).unwrap();
+    let queue_file = disk.path().join("cam-16.queue");
+
+    // Event 0 fills the queue file's first page exactly (20-byte file header, 21-byte
+    // record header). Events 1 to 3 are larger than a page, so each needs a new one.
+    let first = mqtt
+        .publish_event(&padded_event(0, disk.page - 20 - 21))
+        .unwrap();
+    assert_eq!(first, Queued::Disk);
+    wait_status(&mqtt, "event 0 acknowledged", |status| {
+        status.queue_depth == 0
+    });
+    let filler = disk.fill();
+    broker.stop();
+    wait_status(&mqtt, "the lost connection", |status| !status.connected);
+
+    let queued: Vec<Queued> = (1..=3)
+        .map(|n| {
+            mqtt.publish_event(&padded_event(n, disk.page + 1000))
+                .unwrap()
+        })
+        .collect();
+
+    assert_eq!(queued, vec![Queued::Memory; 3]);
+    assert_eq!(mqtt.status().queue_depth, 3);
+    assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 0);
+    let full_disk_errors: Vec<(Level, String)> =
+        records_mentioning(&queue_file.display().to_string())
+            .into_iter()
+            .filter(|(_, text)| text.contains("no space left on device"))
+            .collect();
+    assert_eq!(full_disk_errors.len(), 1, "{full_disk_errors:?}");
+    assert_eq!(full_disk_errors[0].0, Level::Error);
+    assert!(
+        full_disk_errors[0].1.contains("kept in memory"),
+        "{full_disk_errors:?}"
+    );
+
+    // Memory events outlive the broker outage.
+    broker.start_again();
+    let events = watcher.wait_for(&topics.events, 4, DELIVERY_TIMEOUT);
+    assert_eq!(event_numbers(&events), vec![0, 1, 2, 3]);
+    wait_status(&mqtt, "an empty queue", |status| status.queue_depth == 0);
+    let report = mqtt.shutdown();
+    assert_eq!(report.delivered, 4);
+    assert_eq!(report.lost_in_memory, 0);
+    assert_eq!(report.left_in_queue, 0);
+
+    // The failed writes left no partial record that the next start takes for a crash.
+    let second = Mqtt::start(
+        config(&broker, disk.path(), "cam-16"),
+        Arc::new(RunStats::new()),
+    )
+    .unwrap();
+    let damage = records_mentioning("incomplete or damaged data");
+    assert!(
+        damage
+            .iter()
+            .all(|(_, text)| !text.contains("cam-16.queue")),
+        "{damage:?}"
+    );
+    assert_eq!(second.status().queue_depth, 0);
+
+    // With room again, events go to disk.
+    fs::remove_file(filler).unwrap();
+    assert_eq!(
+        second.publish_event(&numbered_event(4)).unwrap(),
+        Queued::Disk
+    );
+    let events = watcher.wait_for(&topics.events, 5, DELIVERY_TIMEOUT);
+    assert_eq!(event_numbers(&events), vec![0, 1, 2, 3, 4]);
+    second.shutdown();
+}
+
+#[test]
+fn shutdown_reports_lost_memory_events() {
+    capture_logs();
+    let Some(disk) = TinyDisk::mount() else {
+        return;
+    };
+    let mut broker = Broker::start(BrokerKind::Plain);
+    broker.stop();
+    let mqtt = Mqtt::start(
+        MqttConfig {
+            shutdown_timeout: Duration::from_millis(500),
+            ..config(&broker, disk.path(), "cam-17")
+        },
+        Arc::new(RunStats::new()),
+    )
+    .unwrap();
+    // Fill the queue file's first page, then the disk.
+    let first = padded_event(0, disk.page - 20 - 21);
+    assert_eq!(mqtt.publish_event(&first).unwrap(), Queued::Disk);
+    disk.fill();
+
+    let second = mqtt
+        .publish_event(&padded_event(1, disk.page + 1000))
+        .unwrap();
+    let report = mqtt.shutdown();
+
+    assert_eq!(second, Queued::Memory);
+    assert_eq!(report.left_in_queue, 1);
+    assert_eq!(report.lost_in_memory, 1);
+    let path = disk.path().join("cam-17.queue").display().to_string();
+    let lost: Vec<(Level, String)> = records_mentioning(&path)
+        .into_iter()
+        .filter(|(_, text)| text.contains("were not acknowledged"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].0, Level::Error);
+    assert!(
+        lost[0].1.starts_with("1 event(s) kept in memory"),
+        "{lost:?}"
+    );
+}
+
+#[test]
+fn same_device_id_twice_warns() {
+    capture_logs();
+    let broker = Broker::start(BrokerKind::Plain);
+    let first_queue = tempfile::tempdir().unwrap();
+    let second_queue = tempfile::tempdir().unwrap();
+    let first = Mqtt::start(
+        config(&broker, first_queue.path(), "cam-18"),
+        Arc::new(RunStats::new()),
+    )
+    .unwrap();
+    wait_status(&first, "the first connection", |status| status.connected);
+
+    let second = Mqtt::start(
+        config(&broker, second_queue.path(), "cam-18"),
+        Arc::new(RunStats::new()),
+    )
+    .unwrap();
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    let warnings = loop {
+        let warnings: Vec<(Level, String)> = records_mentioning("`gradgate-cam-18`")
+            .into_iter()
+            .filter(|(_, text)| text.contains("same client id"))
+            .collect();
+        if !warnings.is_empty() || Instant::now() > deadline {
+            break warnings;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    first.shutdown();
+    second.shutdown();
+
+    assert!(!warnings.is_empty(), "no warning about the client id");
+    assert_eq!(warnings[0].0, Level::Warn);
+    assert!(warnings[0].1.contains(&broker.url()), "{warnings:?}");
+    assert!(warnings[0].1.contains("--device-id"), "{warnings:?}");
+}
+
+#[test]
+fn shutdown_warns_about_unacked_events() {
+    capture_logs();
+    let broker = Broker::start(BrokerKind::Plain);
+    let queue = tempfile::tempdir().unwrap();
+    let mqtt = Mqtt::start(
+        MqttConfig {
+            shutdown_timeout: Duration::from_secs(1),
+            ..config(&broker, queue.path(), "cam-19")
+        },
+        Arc::new(RunStats::new()),
+    )
+    .unwrap();
+    wait_status(&mqtt, "the connection", |status| status.connected);
+    // A stopped broker keeps the connection open but acknowledges nothing.
+    let pid = broker.pid().unwrap();
+    send_signal(pid, "STOP");
+
+    mqtt.publish_event(&numbered_event(0)).unwrap();
+    mqtt.publish_event(&numbered_event(1)).unwrap();
+    let report = mqtt.shutdown();
+    send_signal(pid, "CONT");
+
+    assert_eq!(report.left_in_queue, 2);
+    let path = queue.path().join("cam-19.queue").display().to_string();
+    let expected = format!(
+        "2 event(s) not acknowledged by the broker stay queued in {path}; they are sent at \
+         the next start"
+    );
+    let warnings: Vec<(Level, String)> = records_mentioning(&path)
+        .into_iter()
+        .filter(|(_, text)| text.contains("not acknowledged by the broker"))
+        .collect();
+    assert_eq!(warnings, vec![(Level::Warn, expected)]);
+    let attempt = records_mentioning("inside a connection attempt");
+    assert!(
+        attempt
+            .iter()
+            .all(|(_, text)| !text.contains(&broker.url())),
+        "{attempt:?}"
+    );
+}
+
+#[test]
+fn missing_ca_file_message_names_setting() {
+    capture_logs();
+    let queue = tempfile::tempdir().unwrap();
+    let missing = queue.path().join("no-such-ca.pem");
+    let config = MqttConfig {
+        url: "mqtts://127.0.0.1:8883".parse().unwrap(),
+        device_id: "cam-20".into(),
+        queue_dir: queue.path().into(),
+        ca_file: Some(missing.clone()),
+        ..MqttConfig::default()
+    };
+
+    let error = Mqtt::start(config, Arc::new(RunStats::new())).unwrap_err();
+
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "cannot read mqtt.ca_file (--mqtt-ca-file) {}: no such file or directory (os \
+             error 2); check the path and the file's permissions",
+            missing.display()
+        )
+    );
+    // The message already contains the OS error, so a cause chain printed with it (as
+    // anyhow's `{:#}` does) must not repeat it.
+    assert!(std::error::Error::source(&error).is_none());
+}
+
+#[test]
+fn version_1_client_certificate_is_named() {
+    capture_logs();
+    let broker = Broker::start(BrokerKind::TlsClientCert);
+    let queue = tempfile::tempdir().unwrap();
+    let dir = broker.dir();
+    let (key, csr, cert) = (dir.join("v1.key"), dir.join("v1.csr"), dir.join("v1.crt"));
+    // `openssl x509 -req` without `-extfile` issues a version 1 certificate.
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl(&[
+        "req".as_ref(),
+        "-new".as_ref(),
+        "-newkey".as_ref(),
+        "ec".as_ref(),
+        "-pkeyopt".as_ref(),
+        "ec_paramgen_curve:prime256v1".as_ref(),
+        "-nodes".as_ref(),
+        "-subj".as_ref(),
+        "/CN=v1 client".as_ref(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        csr.as_os_str(),
+    ]);
+    openssl(&[
+        "x509".as_ref(),
+        "-req".as_ref(),
+        "-days".as_ref(),
+        "2".as_ref(),
+        "-in".as_ref(),
+        csr.as_os_str(),
+        "-CA".as_ref(),
+        broker.tls().unwrap().ca_cert.as_os_str(),
+        "-CAkey".as_ref(),
+        dir.join("ca.key").as_os_str(),
+        "-CAcreateserial".as_ref(),
+        "-out".as_ref(),
+        cert.as_os_str(),
+    ]);
+
+    let error = Mqtt::start(
+        MqttConfig {
+            client_cert: Some(cert.clone()),
+            client_key: Some(key),
+            ..tls_config(&broker, queue.path(), "cam-21")
+        },
+        Arc::new(RunStats::new()),
+    )
+    .unwrap_err();
+    let message = error.to_string();
+
+    assert!(
+        message.starts_with(&format!(
+            "invalid mqtt.client_cert (--mqtt-client-cert) {}: ",
+            cert.display()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("X.509 version 1"), "{message}");
+    assert!(message.contains("version 3"), "{message}");
+}
+
+#[test]
+fn plain_url_on_tls_port_hints_scheme() {
+    capture_logs();
+    let broker = Broker::start(BrokerKind::Tls);
+    let queue = tempfile::tempdir().unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port());
+    let mqtt = Mqtt::start(
+        MqttConfig {
+            url: url.parse().unwrap(),
+            ..config(&broker, queue.path(), "cam-22")
+        },
+        Arc::new(RunStats::new()),
+    )
+    .unwrap();
+
+    let status = wait_status(&mqtt, "a failed attempt", |status| {
+        status.last_error.is_some()
+    });
+    let message = status.last_error.unwrap();
+    mqtt.shutdown();
+
+    assert!(message.contains(&url), "{message}");
+    assert!(message.contains("the scheme does not match"), "{message}");
+    assert!(
+        message.contains(&format!("use mqtts://127.0.0.1:{}", broker.port())),
+        "{message}"
+    );
+}
+
+#[test]
+fn tls_url_on_plain_port_hints_scheme() {
+    capture_logs();
+    let tls_broker = Broker::start(BrokerKind::Tls);
+    let plain_broker = Broker::start(BrokerKind::Plain);
+    let queue = tempfile::tempdir().unwrap();
+    let url = format!("mqtts://127.0.0.1:{}", plain_broker.port());
+    let mqtt = Mqtt::start(
+        MqttConfig {
+            url: url.parse().unwrap(),
+            ..tls_config(&tls_broker, queue.path(), "cam-23")
+        },
+        Arc::new(RunStats::new()),
+    )
+    .unwrap();
+
+    let status = wait_status(&mqtt, "a TLS failure", |status| {
+        status.failure == Some(FailureKind::Tls)
+    });
+    let message = status.last_error.unwrap();
+    mqtt.shutdown();
+
+    assert!(message.contains(&url), "{message}");
+    assert!(message.contains("the scheme does not match"), "{message}");
+    assert!(
+        message.contains(&format!("use mqtt://127.0.0.1:{}", plain_broker.port())),
+        "{message}"
+    );
+}
+
+#[test]
+fn event_arrives_before_its_state() {
+    capture_logs();
+    let broker = Broker::start(BrokerKind::Plain);
+    let queue = tempfile::tempdir().unwrap();
+    let topics = Topics::new("gradgate", "cam-24");
+    let watcher = Subscriber::connect(&broker, "watcher-24", "gradgate/cam-24/#");
+    let mqtt = Mqtt::start(
+        config(&broker, queue.path(), "cam-24"),
+        Arc::new(RunStats::new()),
+    )
+    .unwrap();
+    watcher.wait_for(&topics.state, 1, DELIVERY_TIMEOUT);
+
+    // Five events open and five close, as the gate reports them: the event, then the state.
+    for n in 0..10 {
+        mqtt.publish_event(&numbered_event(n)).unwrap();
+        mqtt.publish_state(n % 2 == 0);
+        watcher.wait_for(&topics.state, n + 2, DELIVERY_TIMEOUT);
+    }
+    let messages = watcher.messages();
+    mqtt.shutdown();
+
+    // Each state after the first ("in" at connect) follows the event that changed it.
+    let order: Vec<String> = messages
+        .iter()
+        .filter(|m| m.topic != topics.availability)
+        .map(|m| {
+            if m.topic == topics.state {
+                m.text()
+            } else {
+                format!("event {}", event_numbers(std::slice::from_ref(m))[0])
+            }
+        })
+        .collect();
+    let mut expected = vec!["in".to_string()];
+    for n in 0..10 {
+        expected.push(format!("event {n}"));
+        expected.push(if n % 2 == 0 { "out" } else { "in" }.to_string());
+    }
+    assert_eq!(order, expected);
 }

@@ -23,6 +23,8 @@ pub struct RunStats {
     pub events: AtomicU64,
     /// Per-frame MQTT messages dropped under back-pressure.
     pub mqtt_frames_dropped: AtomicU64,
+    /// Camera or stream frames replaced by a newer one before inference took them.
+    pub stale_frames: AtomicU64,
     /// Events the on-disk queue dropped at its size limit.
     pub events_dropped: AtomicU64,
     /// Events in the on-disk queue not yet acknowledged by the broker.
@@ -42,6 +44,7 @@ impl RunStats {
             latency_us_total: AtomicU64::new(0),
             events: AtomicU64::new(0),
             mqtt_frames_dropped: AtomicU64::new(0),
+            stale_frames: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             ood: AtomicBool::new(false),

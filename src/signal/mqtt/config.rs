@@ -16,6 +16,17 @@ pub const DEFAULT_TLS_PORT: u16 = 8883;
 const MQTT_MAX_PACKET_BYTES: usize = 268_435_455 + 5;
 /// Maximum topic length MQTT can encode (a 16-bit length prefix).
 const MQTT_MAX_TOPIC_BYTES: usize = 65_535;
+/// Smallest accepted [`MqttConfig::queue_max_bytes`], in bytes.
+///
+/// A smaller queue holds only a handful of events of about 350 bytes each (plus 21 bytes of
+/// record header), so a short outage would drop most of them.
+pub const MIN_QUEUE_MAX_BYTES: u64 = 64 * 1024;
+/// Smallest accepted [`MqttConfig::max_packet_bytes`], in bytes.
+///
+/// An event packet takes about 350 bytes plus its topic and a stats packet about 250.
+/// rumqttc and mosquitto treat a packet over the limit as a protocol error and close the
+/// connection, so a limit below one message would drop the connection over and over.
+pub const MIN_MAX_PACKET_BYTES: usize = 4 * 1024;
 
 /// Broker address: `mqtt://host[:port]` or `mqtts://host[:port]`.
 ///
@@ -94,6 +105,9 @@ impl FromStr for MqttUrl {
             });
         }
 
+        if let Some(reason) = unbracketed_ipv6(scheme, authority) {
+            return Err(invalid(reason));
+        }
         let (host, port_text) = split_host_port(authority).map_err(invalid)?;
         if host.is_empty() {
             return Err(invalid(
@@ -108,13 +122,14 @@ impl FromStr for MqttUrl {
                     DEFAULT_PORT
                 }
             }
+            // `u16::from_str` accepts a leading `+`, which no URL parser does.
             Some(port) => match port.parse::<u16>() {
-                Ok(0) | Err(_) => {
+                Ok(number) if number != 0 && port.bytes().all(|b| b.is_ascii_digit()) => number,
+                _ => {
                     return Err(invalid(format!(
-                        "invalid port `{port}`: expected a number from 1 to 65535"
+                        "invalid port `{port}`: expected digits only, a number from 1 to 65535"
                     )))
                 }
-                Ok(port) => port,
             },
         };
         Ok(MqttUrl {
@@ -123,6 +138,33 @@ impl FromStr for MqttUrl {
             port,
         })
     }
+}
+
+/// Returns the reason for rejecting an authority that is an IPv6 address without brackets,
+/// such as `::1` or `::1:1883`, with the bracketed form to write instead.
+fn unbracketed_ipv6(scheme: &str, authority: &str) -> Option<String> {
+    if authority.starts_with('[') || authority.matches(':').count() < 2 {
+        return None;
+    }
+    let is_ipv6 = |text: &str| text.parse::<std::net::Ipv6Addr>().is_ok();
+    // `::1:1883` is itself a valid IPv6 address, so the port cannot be told apart; suggest
+    // both readings.
+    let with_port = authority
+        .rsplit_once(':')
+        .filter(|(host, port)| is_ipv6(host) && port.bytes().all(|b| b.is_ascii_digit()));
+    let example = match with_port {
+        Some((host, port)) if is_ipv6(authority) => format!(
+            "{scheme}://[{host}]:{port}, or {scheme}://[{authority}] if `{port}` is part of \
+             the address"
+        ),
+        Some((host, port)) => format!("{scheme}://[{host}]:{port}"),
+        None if is_ipv6(authority) => format!("{scheme}://[{authority}]"),
+        None => format!("{scheme}://[::1]:1883"),
+    };
+    Some(format!(
+        "`{authority}` has more than one `:`, and an IPv6 address needs brackets in a URL: \
+         write {example}"
+    ))
 }
 
 /// Splits `host[:port]` or `[ipv6][:port]` and checks the host's characters.
@@ -218,15 +260,15 @@ pub struct MqttConfig {
     /// Folder of the on-disk event queue; created if missing. No default: it must be set.
     pub queue_dir: PathBuf,
     /// Size limit of the on-disk queue in bytes; at the limit the oldest undelivered events
-    /// are dropped. Default 8 MiB.
+    /// are dropped. At least [`MIN_QUEUE_MAX_BYTES`] (64 KiB). Default 8 MiB.
     pub queue_max_bytes: u64,
     /// Publish one message per frame on `<prefix>/<device>/frames`. Default off.
     pub publish_frames: bool,
     /// Interval of the stats topic; zero disables it. Default 10 s.
     #[serde(deserialize_with = "deserialize_duration")]
     pub stats_interval: Duration,
-    /// Largest MQTT packet sent or accepted, in bytes, header and topic included. Default
-    /// 1 MiB (rumqttc's own default is 10 KiB).
+    /// Largest MQTT packet sent or accepted, in bytes, header and topic included. At least
+    /// [`MIN_MAX_PACKET_BYTES`] (4 KiB). Default 1 MiB (rumqttc's own default is 10 KiB).
     pub max_packet_bytes: usize,
     /// MQTT keep-alive: whole seconds from 1 s to 65535 s, or zero to disable pings. The
     /// broker publishes the last will after about 1.5 × this without traffic. Default 30 s.
@@ -392,18 +434,37 @@ impl MqttConfig {
                 "missing: set the folder of the on-disk event queue".into(),
             ));
         }
-        if self.queue_max_bytes == 0 {
+        if self.queue_max_bytes < MIN_QUEUE_MAX_BYTES {
             return Err(invalid(
                 "queue_max_bytes",
-                "0 leaves no room for events: use e.g. 8388608 (8 MiB)".into(),
+                format!(
+                    "{} bytes is below the minimum of {MIN_QUEUE_MAX_BYTES} (64 KiB), room for \
+                     about 170 events of 350 bytes: set --mqtt-queue-max-bytes or \
+                     mqtt.queue_max_bytes to at least {MIN_QUEUE_MAX_BYTES}, e.g. 8388608 \
+                     (8 MiB, the default)",
+                    self.queue_max_bytes
+                ),
             ));
         }
-        // 64 bytes: room for the shortest topics and a small payload.
-        if !(64..=MQTT_MAX_PACKET_BYTES).contains(&self.max_packet_bytes) {
+        if self.max_packet_bytes < MIN_MAX_PACKET_BYTES {
             return Err(invalid(
                 "max_packet_bytes",
                 format!(
-                    "{} is outside 64 ..= {MQTT_MAX_PACKET_BYTES} (the MQTT maximum)",
+                    "{} bytes is below the minimum of {MIN_MAX_PACKET_BYTES} (4 KiB): an event \
+                     takes about 350 bytes plus its topic and a stats message about 250, and \
+                     rumqttc and mosquitto drop the connection on a packet over the limit; set \
+                     mqtt.max_packet_bytes to at least {MIN_MAX_PACKET_BYTES}, e.g. 1048576 \
+                     (1 MiB, the default)",
+                    self.max_packet_bytes
+                ),
+            ));
+        }
+        if self.max_packet_bytes > MQTT_MAX_PACKET_BYTES {
+            return Err(invalid(
+                "max_packet_bytes",
+                format!(
+                    "{} bytes is above {MQTT_MAX_PACKET_BYTES}, the largest packet MQTT 3.1.1 \
+                     can encode: set mqtt.max_packet_bytes to at most that",
                     self.max_packet_bytes
                 ),
             ));
@@ -610,6 +671,9 @@ mod tests {
                 "`nope` in brackets is not an IPv6 address",
             ),
             ("mqtt://[::1]x", "unexpected `x` after `[::1]`"),
+            ("mqtt://127.0.0.1:+21883", "invalid port `+21883`"),
+            ("mqtt://host:-1", "invalid port `-1`"),
+            ("mqtt://host: 1883", "invalid port ` 1883`"),
         ];
         for (text, expected) in cases {
             let message = parse_error(text);
@@ -617,6 +681,28 @@ mod tests {
                 message.contains(expected),
                 "{text}: expected `{expected}` in `{message}`"
             );
+        }
+    }
+
+    #[test]
+    fn url_with_unbracketed_ipv6_suggests_brackets() {
+        let cases = [
+            ("mqtt://::1:21883", "write mqtt://[::1]:21883"),
+            (
+                "mqtts://fe80::2:1883",
+                "write mqtts://[fe80::2]:1883, or mqtts://[fe80::2:1883] if `1883` is part of \
+                 the address",
+            ),
+            ("mqtt://fe80::abcd", "write mqtt://[fe80::abcd]"),
+            ("mqtt://a:b:c", "write mqtt://[::1]:1883"),
+        ];
+        for (text, expected) in cases {
+            let message = parse_error(text);
+            assert!(
+                message.contains("needs brackets in a URL"),
+                "{text}: {message}"
+            );
+            assert!(message.contains(expected), "{text}: {message}");
         }
     }
 
@@ -779,6 +865,74 @@ mod tests {
             let message = config.validate().unwrap_err().to_string();
             assert!(message.contains(field), "{field}: {message}");
         }
+    }
+
+    #[test]
+    fn queue_limit_below_64_kib_is_rejected() {
+        let config = MqttConfig {
+            queue_max_bytes: MIN_QUEUE_MAX_BYTES - 1,
+            ..valid_config()
+        };
+
+        let message = config.validate().unwrap_err().to_string();
+
+        assert!(
+            message.starts_with(
+                "invalid mqtt.queue_max_bytes: 65535 bytes is below the minimum of 65536"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("--mqtt-queue-max-bytes"), "{message}");
+        let smallest = MqttConfig {
+            queue_max_bytes: MIN_QUEUE_MAX_BYTES,
+            ..valid_config()
+        };
+        assert!(smallest.validate().is_ok());
+    }
+
+    #[test]
+    fn packet_limit_below_4_kib_is_rejected() {
+        let config = MqttConfig {
+            max_packet_bytes: MIN_MAX_PACKET_BYTES - 1,
+            ..valid_config()
+        };
+
+        let message = config.validate().unwrap_err().to_string();
+
+        assert!(
+            message.starts_with(
+                "invalid mqtt.max_packet_bytes: 4095 bytes is below the minimum of 4096"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("drop the connection"), "{message}");
+        let smallest = MqttConfig {
+            max_packet_bytes: MIN_MAX_PACKET_BYTES,
+            ..valid_config()
+        };
+        assert!(smallest.validate().is_ok());
+        let too_large = MqttConfig {
+            max_packet_bytes: MQTT_MAX_PACKET_BYTES + 1,
+            ..valid_config()
+        };
+        assert!(too_large.validate().is_err());
+    }
+
+    #[test]
+    fn keep_alive_accepts_zero_to_65535() {
+        for seconds in [0, 1, 65_535] {
+            let config = MqttConfig {
+                keep_alive: Duration::from_secs(seconds),
+                ..valid_config()
+            };
+            assert!(config.validate().is_ok(), "{seconds} s");
+        }
+        let config = MqttConfig {
+            keep_alive: Duration::from_secs(65_536),
+            ..valid_config()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("use 0 to disable"), "{message}");
     }
 
     #[test]

@@ -9,11 +9,26 @@
 use super::worker::{lock, Message, Shared};
 use super::{FailureKind, MqttUrl};
 use log::{error, info, warn};
-use rumqttc::{ConnectReturnCode, Connection, ConnectionError, Event, Outgoing, Packet};
+use rumqttc::{
+    ConnectReturnCode, Connection, ConnectionError, Event, Outgoing, Packet, StateError,
+};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Connections the broker closes soon after their CONNACK, in a row, before the warning
+/// about a duplicate client id.
+///
+/// Trade-off: one such close is an ordinary network event; three in a row at reconnect
+/// speed almost always mean another client with the same id.
+const TAKEOVER_CLOSES: u32 = 3;
+/// A connection the broker closes within this time of its CONNACK counts towards
+/// [`TAKEOVER_CLOSES`]; at least twice the first reconnect delay is used, because two
+/// clients with one id take turns at that pace.
+const SHORT_CONNECTION: Duration = Duration::from_secs(10);
+/// Minimum time between two warnings about a duplicate client id.
+const TAKEOVER_WARN_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Capped exponential backoff between connection attempts.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +63,7 @@ pub(crate) fn run(
     // Failed connection attempts since the last successful one.
     let mut failures = 0u32;
     let mut last_kind: Option<FailureKind> = None;
+    let mut takeover = TakeoverWatch::new(backoff.min);
 
     loop {
         let Ok(event) = connection.recv() else {
@@ -70,6 +86,7 @@ pub(crate) fn run(
                 );
                 failures = 0;
                 last_kind = None;
+                takeover.connected();
                 let _ = worker.send(Message::Connected { generation });
                 if shared.stop_link.load(Ordering::Acquire) {
                     // Shutdown began while this attempt was under way. Closing without
@@ -85,7 +102,7 @@ pub(crate) fn run(
             }
             Err(connection_error) => {
                 let was_up = reset_after_error(&mut connection, &shared, generation, &worker);
-                let (kind, reason) = describe(&connection_error, &shared);
+                let (kind, reason) = describe(&connection_error, &shared, was_up);
                 if shared.stop_link.load(Ordering::Acquire) {
                     break;
                 }
@@ -96,6 +113,17 @@ pub(crate) fn run(
                         "connection to MQTT broker {url} lost: {reason}; reconnecting in {}",
                         humantime::format_duration(delay)
                     );
+                    if let Some(closes) = takeover.lost(&connection_error) {
+                        warn!(
+                            "broker {url} closed the connection right after accepting it \
+                             {closes} times in a row. A broker does that when another client \
+                             connects with the same client id, here `{}`: give each camera \
+                             its own --device-id (device_id in the config file). The default \
+                             is the host name, so two boards both named `raspberrypi` \
+                             collide",
+                            shared.client_id
+                        );
+                    }
                     shared.record_failure(FailureKind::Lost, reason, failures);
                     if wait(&stop, delay) {
                         break;
@@ -132,6 +160,52 @@ pub(crate) fn run(
         shared.ready.store(false, Ordering::Release);
     }
     let _ = worker.send(Message::LinkStopped);
+}
+
+/// Detects a broker that closes each connection soon after its CONNACK, the sign of a
+/// second client with the same client id, and rate-limits the warning about it.
+struct TakeoverWatch {
+    /// Connections shorter than this count as closed right after the CONNACK.
+    short: Duration,
+    /// When the current connection got its CONNACK.
+    connected_at: Option<Instant>,
+    /// Short connections closed by the broker in a row.
+    closes: u32,
+    last_warning: Option<Instant>,
+}
+
+impl TakeoverWatch {
+    fn new(reconnect_min: Duration) -> TakeoverWatch {
+        TakeoverWatch {
+            short: SHORT_CONNECTION.max(reconnect_min.saturating_mul(2)),
+            connected_at: None,
+            closes: 0,
+            last_warning: None,
+        }
+    }
+
+    fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// Records the end of a connection; returns the count of short connections in a row
+    /// when it is time to warn.
+    fn lost(&mut self, error: &ConnectionError) -> Option<u32> {
+        let lived = self.connected_at.take().map(|at| at.elapsed());
+        if !(closed_by_broker(error).is_some() && lived.is_some_and(|lived| lived < self.short)) {
+            self.closes = 0;
+            return None;
+        }
+        self.closes += 1;
+        let quiet = self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= TAKEOVER_WARN_INTERVAL);
+        if self.closes >= TAKEOVER_CLOSES && quiet {
+            self.last_warning = Some(Instant::now());
+            return Some(self.closes);
+        }
+        None
+    }
 }
 
 /// Sleeps for `delay` unless the worker requests a stop first; returns true when it did.
@@ -195,12 +269,39 @@ fn reset_after_error(
 }
 
 /// Classifies a connection error and writes a message that names the broker and the fix.
-fn describe(error: &ConnectionError, shared: &Shared) -> (FailureKind, String) {
+/// `was_up`: the error ended a connection that had its CONNACK.
+fn describe(error: &ConnectionError, shared: &Shared, was_up: bool) -> (FailureKind, String) {
     let url = &shared.url;
     // With TLS 1.3 a broker rejects a client certificate only after the handshake, so its
     // alert arrives while rumqttc reads the CONNACK, wrapped in a state error.
     if let Some(tls_error) = find_rustls_error(error) {
         return (FailureKind::Tls, describe_tls(tls_error, url));
+    }
+    // mosquitto 2.0.11 resets the connection both when a TLS listener gets a plain CONNECT
+    // and when a plain listener gets a TLS ClientHello. A close before the CONNACK
+    // therefore most often means that the scheme does not match the listener.
+    if let Some(closed) = closed_by_broker(error).filter(|_| !was_up) {
+        let host = url.host_for_connect();
+        let port = url.port;
+        return if url.tls {
+            (
+                FailureKind::Tls,
+                format!(
+                    "TLS handshake with {url} failed, because the broker closed the connection \
+                     ({closed}): if port {port} is a plain MQTT listener, the scheme does not \
+                     match it; use mqtt://{host}:{port}, or the broker's TLS port with mqtts://"
+                ),
+            )
+        } else {
+            (
+                FailureKind::Other,
+                format!(
+                    "broker {url} closed the connection before its CONNACK ({closed}): if port \
+                     {port} is a TLS listener, the scheme does not match it; use \
+                     mqtts://{host}:{port} and set mqtt.ca_file"
+                ),
+            )
+        };
     }
     if let ConnectionError::Tls(_) = error {
         return (
@@ -325,6 +426,29 @@ fn find_rustls_error(error: &ConnectionError) -> Option<&rustls::Error> {
     None
 }
 
+/// Describes how the broker ended the connection (end of stream, reset, abort), found
+/// anywhere in the error's chain; `None` for other errors.
+fn closed_by_broker(error: &ConnectionError) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(StateError::ConnectionAborted) = error.downcast_ref::<StateError>() {
+            return Some("connection closed by peer".into());
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            let closed = matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+            );
+            return closed.then(|| super::queue::os_message(io));
+        }
+        current = error.source();
+    }
+    None
+}
+
 /// Connection timeout handed to rumqttc (TCP, TLS and CONNACK together), in seconds.
 pub(crate) const CONNECT_TIMEOUT_S: u64 = 5;
 
@@ -360,6 +484,36 @@ mod tests {
             delays,
             vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
         );
+    }
+
+    #[test]
+    fn takeover_warning_is_rate_limited() {
+        let mut watch = TakeoverWatch::new(Duration::from_millis(500));
+        let closed = || ConnectionError::MqttState(StateError::ConnectionAborted);
+        let mut warnings = Vec::new();
+        for _ in 0..5 {
+            watch.connected();
+            warnings.push(watch.lost(&closed()));
+        }
+        assert_eq!(warnings, vec![None, None, Some(3), None, None]);
+    }
+
+    #[test]
+    fn takeover_count_restarts_after_other_failure() {
+        let mut watch = TakeoverWatch::new(Duration::from_millis(500));
+        let closed = || ConnectionError::MqttState(StateError::ConnectionAborted);
+        for _ in 0..2 {
+            watch.connected();
+            assert_eq!(watch.lost(&closed()), None);
+        }
+        watch.connected();
+        assert_eq!(watch.lost(&ConnectionError::NetworkTimeout), None);
+        for _ in 0..2 {
+            watch.connected();
+            assert_eq!(watch.lost(&closed()), None);
+        }
+        watch.connected();
+        assert_eq!(watch.lost(&closed()), Some(3));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! **signal**). The gate's transitions arrive here as [`Mqtt::publish_state`] and
 //! [`Mqtt::publish_event`] calls. Events are written to an on-disk queue
 //! ([`queue::DiskQueue`]) before anything goes on the network, so none is lost while the
-//! broker is unreachable or the process restarts.
+//! broker is unreachable or the process restarts. While the disk cannot be written, events
+//! are kept in memory instead and survive broker outages, but not a restart.
 //!
 //! Main types: [`MqttConfig`] (with [`MqttUrl`]) configures, [`Mqtt`] is the running signal,
-//! [`MqttStatus`] reports whether it is connected and the last failure, and
-//! [`ShutdownReport`] counts what [`Mqtt::shutdown`] delivered. Errors are [`MqttError`].
+//! [`Queued`] is where [`Mqtt::publish_event`] kept an event, [`MqttStatus`] reports
+//! whether it is connected and the last failure, and [`ShutdownReport`] counts what
+//! [`Mqtt::shutdown`] delivered. Errors are [`MqttError`].
 //!
 //! ```no_run
 //! use gradgate::signal::mqtt::{Mqtt, MqttConfig};
@@ -25,8 +27,9 @@
 //! let stats = Arc::new(RunStats::new());
 //! let mqtt = Mqtt::start(config, Arc::clone(&stats))?;
 //!
-//! // On a gate transition: the event JSON first (durable on return), then the state.
-//! mqtt.publish_event(br#"{"event":"start","score":3.2}"#)?;
+//! // On a gate transition: the event JSON first (durable on return unless the disk is
+//! // full, see `Queued`), then the state.
+//! let _queued = mqtt.publish_event(br#"{"event":"start","score":3.2}"#)?;
 //! mqtt.publish_state(true);
 //!
 //! // Per frame, when frames are enabled; never blocks.
@@ -62,8 +65,9 @@
 //! | `ood_frames` | integer | frames with an out-of-distribution verdict since start |
 //! | `events` | integer | events the gate opened since start |
 //! | `frames_dropped` | integer | per-frame MQTT messages dropped since start |
-//! | `events_dropped` | integer | events dropped from the on-disk queue at its size limit (or too large to send) since start |
-//! | `queue_depth` | integer | events in the on-disk queue not yet acknowledged by the broker |
+//! | `stale_frames` | integer | camera or stream frames dropped since start because a newer one replaced them before inference |
+//! | `events_dropped` | integer | events dropped since start: from the on-disk queue at its size limit, from the in-memory fallback at its limits, or too large to send |
+//! | `queue_depth` | integer | events not yet acknowledged by the broker, in the on-disk queue or the in-memory fallback |
 //! | `state` | string | `in` or `out`, the state last given to [`Mqtt::publish_state`] |
 //! | `connected` | boolean | always `true`: stats are only sent while connected |
 //!
@@ -80,6 +84,22 @@
 //!   OLDEST undelivered events to make room for the new one; drops are logged at warn and
 //!   counted in `RunStats::events_dropped`. An event larger than the whole limit, or whose
 //!   packet exceeds [`MqttConfig::max_packet_bytes`], is rejected by `publish_event`.
+//! - When the queue file cannot be written (disk full, I/O error), `publish_event` keeps
+//!   the event in memory and returns [`Queued::Memory`]; the first failure of a burst is
+//!   logged at error with the OS error. Memory events are sent in order with the disk
+//!   ones, QoS 1, and retried across reconnects, so they survive broker outages but not a
+//!   restart while the disk is full: [`ShutdownReport::lost_in_memory`] counts the ones
+//!   still unacknowledged at shutdown, logged at error. Each event tries the disk first,
+//!   so an event on disk can follow one in memory. It never overtakes it in this process,
+//!   but if the process ends first, the next run sends the disk event without the memory
+//!   one. The fallback keeps at most [`MEMORY_MAX_EVENTS`] events and `queue_max_bytes` of
+//!   payload, and drops its oldest events beyond that (warn, `RunStats::events_dropped`).
+//! - An acknowledgement that cannot be written to the queue file is logged at error once
+//!   per burst of failures. The event leaves the queue anyway, and its ack record is
+//!   written with the next successful write. A restart before that sends it again.
+//! - The worker publishes queued events before a changed state in the same pass, so a
+//!   subscriber gets the `start` event before `state` `out` when the caller publishes the
+//!   event first.
 //! - State and availability are retained and republished after every CONNACK, so a broker
 //!   restarted without persistence gets them back. `state` carries the latest state: when
 //!   two transitions arrive before the worker's next pass, only the second is published.
@@ -93,7 +113,13 @@
 //!   logged at error when they first appear, naming the broker and the setting to check. A success is
 //!   logged at info with the attempt count. [`Mqtt::status`] shows the last failure.
 //! - Client id `gradgate-<device_id>`, clean session, keep-alive [`MqttConfig::keep_alive`].
-//!   A second client with the same id makes the broker close the first connection.
+//!   A second client with the same id makes the broker close the first connection, so two
+//!   such clients take turns forever. After three connections in a row that the broker
+//!   closes within 10 s of the CONNACK (or twice [`MqttConfig::reconnect_min`], if
+//!   longer), a warning names the client id and asks for a distinct device id. It repeats
+//!   at most every 5 minutes.
+//! - A connection the broker closes before its CONNACK gets a hint that the URL's scheme
+//!   may not match the listener (`mqtt://` on a TLS port, `mqtts://` on a plain one).
 //! - TLS uses rustls with the ring provider and trusts only [`MqttConfig::ca_file`]; there is
 //!   no system certificate store. A client certificate is optional.
 //!
@@ -106,7 +132,9 @@
 //!   [`Mqtt::start`] on it fails until the first is shut down.
 //! - Call [`Mqtt::shutdown`] before exiting. It publishes `offline`; dropping an `Mqtt`
 //!   instead stops its threads without waiting and leaves `offline` to the broker's last
-//!   will, which arrives only when the broker notices the closed connection.
+//!   will, which arrives only when the broker notices the closed connection. Events still
+//!   unacknowledged at its deadline are logged at warn with the queue file that keeps them
+//!   for the next start.
 //! - A PUBACK means the broker took the event, not that any subscriber received it.
 //! - [`Mqtt::try_publish_frame`] copies the payload and the topic into a new message
 //!   (rumqttc takes owned buffers), so it allocates per frame; frames are off by default.
@@ -114,15 +142,22 @@
 //!   are rejected so that they cannot show in `ps`.
 
 mod config;
+mod event_queue;
 mod link;
 pub mod queue;
+#[cfg(test)]
+mod test_disk;
 mod tls;
 mod worker;
 
-pub use config::{MqttConfig, MqttUrl, DEFAULT_PORT, DEFAULT_TLS_PORT};
+pub use config::{
+    MqttConfig, MqttUrl, DEFAULT_PORT, DEFAULT_TLS_PORT, MIN_MAX_PACKET_BYTES, MIN_QUEUE_MAX_BYTES,
+};
+pub use event_queue::MEMORY_MAX_EVENTS;
 pub use worker::EVENT_WINDOW;
 
 use crate::signal::stats::RunStats;
+use event_queue::EventQueue;
 use log::{error, info, warn};
 use queue::{DiskQueue, QueueError};
 use rumqttc::{Client, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
@@ -254,18 +289,26 @@ pub enum MqttError {
         /// The broker URL.
         url: String,
     },
-    /// A CA, certificate or key file cannot be read.
-    #[error("cannot read TLS file {}: {error}", path.display())]
+    /// A CA, certificate or key file cannot be read. The message contains the OS error, so
+    /// `source()` returns `None`; the `io::Error` itself is in `error`.
+    #[error(
+        "cannot read {setting} {}: {}; check the path and the file's permissions",
+        path.display(),
+        queue::os_message(.error)
+    )]
     ReadTlsFile {
+        /// The setting that names the file, such as `mqtt.ca_file (--mqtt-ca-file)`.
+        setting: &'static str,
         /// The file.
         path: PathBuf,
         /// The OS error.
-        #[source]
         error: io::Error,
     },
     /// A CA, certificate or key file has no usable content.
-    #[error("invalid TLS file {}: {reason}", path.display())]
+    #[error("invalid {setting} {}: {reason}", path.display())]
     InvalidTlsFile {
+        /// The setting that names the file, such as `mqtt.ca_file (--mqtt-ca-file)`.
+        setting: &'static str,
         /// The file.
         path: PathBuf,
         /// The problem with its content.
@@ -356,13 +399,29 @@ pub struct ShutdownReport {
     pub delivered: u64,
     /// Events still in the on-disk queue; the next start on the same folder sends them.
     pub left_in_queue: u64,
+    /// Events kept in memory because the on-disk queue could not be written, and not
+    /// acknowledged by the broker: lost.
+    pub lost_in_memory: u64,
     /// The broker acknowledged the retained `offline`.
     pub offline_published: bool,
-    /// The link thread ended before the report; false when it was still inside a
-    /// connection attempt at the deadline (it ends after that attempt).
+    /// The link thread ended before the report. False when it was still inside a connection
+    /// attempt or still connected at the deadline; it then ends in the background.
     pub link_stopped: bool,
     /// [`MqttConfig::shutdown_timeout`] passed before the sequence finished.
     pub timed_out: bool,
+}
+
+/// Storage of an event that [`Mqtt::publish_event`] accepted, until the broker acknowledges
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Queued {
+    /// In the on-disk queue, synced: the event survives broker outages and restarts.
+    Disk,
+    /// In memory, because the on-disk queue could not be written (disk full, I/O error):
+    /// the event survives broker outages, but is lost if the process ends before the
+    /// broker acknowledges it.
+    Memory,
 }
 
 /// The running MQTT signal; see the module documentation.
@@ -409,21 +468,24 @@ impl Mqtt {
             _ => None,
         };
 
-        let queue = DiskQueue::open(&config.queue_dir, &config.device_id, config.queue_max_bytes)?;
-        stats
-            .queue_depth
-            .store(queue.len() as u64, Ordering::Relaxed);
-        if queue.dropped_on_open() > 0 {
+        let disk_queue =
+            DiskQueue::open(&config.queue_dir, &config.device_id, config.queue_max_bytes)?;
+        if disk_queue.dropped_on_open() > 0 {
             stats
                 .events_dropped
-                .fetch_add(queue.dropped_on_open(), Ordering::Relaxed);
+                .fetch_add(disk_queue.dropped_on_open(), Ordering::Relaxed);
             warn!(
                 "dropped the {} oldest queued event(s) of {} to fit mqtt.queue_max_bytes = {}",
-                queue.dropped_on_open(),
-                queue.path().display(),
+                disk_queue.dropped_on_open(),
+                disk_queue.path().display(),
                 config.queue_max_bytes
             );
         }
+        let queue = EventQueue::new(disk_queue, config.queue_max_bytes);
+        stats
+            .queue_depth
+            .store(queue.len() as u64, Ordering::Relaxed);
+
         info!(
             "MQTT signal starting: broker {} (TLS {}), device id `{}`, prefix `{}`, queue {} \
              with {} pending event(s), limit {} bytes",
@@ -519,10 +581,18 @@ impl Mqtt {
     /// events are dropped to make room (logged at warn, counted in
     /// `RunStats::events_dropped`).
     ///
+    /// Returns [`Queued::Disk`] normally. When the write fails (disk full, I/O error) the
+    /// event is kept in memory instead and sent in the same order, and this returns
+    /// [`Queued::Memory`]: the event survives broker outages, but not the end of the
+    /// process. The first failure of a burst is logged at error with the OS error. The
+    /// memory fallback keeps at most [`MEMORY_MAX_EVENTS`] events and
+    /// [`MqttConfig::queue_max_bytes`] of payload, and drops its oldest events beyond that
+    /// (logged at warn, counted in `RunStats::events_dropped`).
+    ///
     /// Returns [`MqttError::PayloadTooLarge`] when the packet would exceed
-    /// [`MqttConfig::max_packet_bytes`]. Returns [`MqttError::Queue`] when the payload exceeds
-    /// the whole queue limit or the disk write fails. The queue is unchanged after an error.
-    pub fn publish_event(&self, payload: &[u8]) -> Result<(), MqttError> {
+    /// [`MqttConfig::max_packet_bytes`], and [`MqttError::Queue`] when the payload exceeds
+    /// the whole queue limit. Nothing is queued after an error.
+    pub fn publish_event(&self, payload: &[u8]) -> Result<Queued, MqttError> {
         let max_packet_bytes = self.shared.max_packet_bytes;
         let packet_bytes =
             publish_packet_bytes(self.shared.topics.events.len(), payload.len(), true);
@@ -545,16 +615,19 @@ impl Mqtt {
                 .stats
                 .events_dropped
                 .fetch_add(pushed.dropped, Ordering::Relaxed);
-            warn!(
-                "event queue {} is full: dropped the {} oldest undelivered event(s) to queue \
-                 event {}",
-                path.display(),
-                pushed.dropped,
-                pushed.seq
-            );
+            // The memory fallback logs each of its drops itself.
+            if pushed.place == Queued::Disk {
+                warn!(
+                    "event queue {} is full: dropped the {} oldest undelivered event(s) to \
+                     queue event {}",
+                    path.display(),
+                    pushed.dropped,
+                    pushed.seq
+                );
+            }
         }
         self.wake();
-        Ok(())
+        Ok(pushed.place)
     }
 
     /// Sets the gate state (`true`: out-of-distribution, published as `out`). The worker
@@ -625,24 +698,21 @@ impl Mqtt {
             Some(Ok(report)) => report,
             Some(Err(_)) | None => {
                 error!("the MQTT worker thread panicked; unacknowledged events stay in the queue");
+                let queue = lock(&self.shared.queue);
                 ShutdownReport {
                     delivered: 0,
-                    left_in_queue: self.shared.stats.queue_depth.load(Ordering::Relaxed),
+                    left_in_queue: queue.disk_len() as u64,
+                    lost_in_memory: queue.memory_len() as u64,
                     offline_published: false,
                     link_stopped: false,
                     timed_out: true,
                 }
             }
         };
+        // The worker has logged why the link thread may still run; it ends by itself.
         if let Some(link) = self.link.take() {
             if report.link_stopped {
                 let _ = link.join();
-            } else {
-                warn!(
-                    "the MQTT link thread is still inside a connection attempt; it ends after \
-                     it, within {} s",
-                    link::CONNECT_TIMEOUT_S
-                );
             }
         }
         report

@@ -55,6 +55,10 @@
 //! - [`DiskQueue::push`] and [`DiskQueue::ack`] each append one write and call
 //!   `sync_data` before they return. A crash therefore loses at most the record being
 //!   written.
+//! - A write that fails (disk full, I/O error) is truncated away at once, so the file ends
+//!   with a complete record again and the next open reports no damage. A failed `push`
+//!   returns the error and stores nothing. A failed `ack` still removes the record from the
+//!   pending ones and writes its ack record with the next successful write.
 //! - On open, an incomplete last record (a crash in the middle of a write) is truncated
 //!   away and logged at warn. A damaged record in the middle of the file is skipped and
 //!   logged at warn, and the file is then rewritten without it. Neither is an error.
@@ -292,7 +296,7 @@ pub enum QueueError {
 }
 
 /// Formats an OS error in lower case, as the rest of each message is.
-fn os_message(error: &io::Error) -> String {
+pub(crate) fn os_message(error: &io::Error) -> String {
     let text = error.to_string();
     let mut chars = text.chars();
     match chars.next() {
@@ -346,9 +350,13 @@ pub struct DiskQueue {
     dead_bytes: u64,
     /// Seq the next push gets, above every seq ever handed out for this queue.
     next_seq: u64,
-    /// True after a failed append, which may have left bytes past `file_len`. The next
-    /// append truncates them first.
+    /// True after a failed append left bytes past `file_len` that could not be truncated at
+    /// once. The next append truncates them first.
     tail_dirty: bool,
+    /// Seqs acknowledged by the broker whose ack record could not be written. They are no
+    /// longer in `pending`; their ack records go out before the next append's records, and a
+    /// compaction makes them unnecessary.
+    unwritten_acks: Vec<u64>,
     /// Records dropped by `open` because they exceeded `max_bytes`.
     dropped_on_open: u64,
 }
@@ -432,6 +440,7 @@ impl DiskQueue {
             dead_bytes: 0,
             next_seq: FIRST_SEQ,
             tail_dirty: false,
+            unwritten_acks: Vec::new(),
             dropped_on_open: 0,
         };
         queue.recover()?;
@@ -454,9 +463,10 @@ impl DiskQueue {
     /// most, so durability costs little. An fsync can take tens of milliseconds on an SD
     /// card (an estimate, not measured here), so the frame loop must not call this.
     /// If the record does not fit, the oldest pending records are dropped first (see the
-    /// module docs). On error nothing changes, except that the seq is not reused. If the
-    /// write reached the file but the sync failed, and the process then crashes before the
-    /// next append cuts it off, the record can still reappear after the restart.
+    /// module docs). On error nothing changes, except that the seq is not reused: a failed
+    /// write is truncated away at once (see [`DiskQueue::ack`] for the one exception). If
+    /// the write reached the file but the sync failed, and the process then crashes before
+    /// the truncation, the record can still reappear after the restart.
     pub fn push(&mut self, payload: &[u8]) -> Result<Pushed, QueueError> {
         let record_bytes = record_len(payload.len());
         if record_bytes > self.max_bytes {
@@ -469,7 +479,10 @@ impl DiskQueue {
 
         // Choose the records to drop before writing, so that a failed write changes nothing.
         let drops = self.oldest_to_drop(record_bytes);
-        let mut bytes = Vec::with_capacity(drops.len() * RECORD_HEADER_LEN + record_bytes as usize);
+        let mut bytes = Vec::with_capacity(
+            (self.unwritten_acks.len() + drops.len()) * RECORD_HEADER_LEN + record_bytes as usize,
+        );
+        self.encode_unwritten_acks(&mut bytes);
         for &seq in &drops {
             encode_record(&mut bytes, KIND_DROP, seq, &[]);
         }
@@ -479,6 +492,7 @@ impl DiskQueue {
         // A failed append may leave this seq on disk past `file_len`, so it is never reused.
         self.next_seq += 1;
         self.append(&bytes)?;
+        self.unwritten_acks_written();
 
         for &dropped in &drops {
             let dropped_bytes = self.remove_pending(dropped);
@@ -519,20 +533,50 @@ impl DiskQueue {
     /// Marks record `seq` as delivered, durably (`sync_data`) before returning.
     ///
     /// An unknown or already acknowledged `seq` is a no-op that returns `Ok`. Acks may come
-    /// in any order. On error the record stays pending and is sent again.
+    /// in any order.
+    ///
+    /// On a write error the record still leaves the pending records, because the broker
+    /// has it, and the error is returned. Its ack record is written before the records of
+    /// the next successful [`DiskQueue::push`] or `ack` (or made unnecessary by a
+    /// compaction). If the process ends before that, the file still lists the record as
+    /// pending, and the next run sends it again: a duplicate, which QoS 1 allows.
     pub fn ack(&mut self, seq: u64) -> Result<(), QueueError> {
         if !self.pending.contains_key(&seq) {
             return Ok(());
         }
 
-        let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN);
+        let mut bytes = Vec::with_capacity((self.unwritten_acks.len() + 1) * RECORD_HEADER_LEN);
+        self.encode_unwritten_acks(&mut bytes);
         encode_record(&mut bytes, KIND_ACK, seq, &[]);
-        self.append(&bytes)?;
+        let written = self.append(&bytes);
 
         self.remove_pending(seq);
+        if let Err(error) = written {
+            self.unwritten_acks.push(seq);
+            return Err(error);
+        }
+        self.unwritten_acks_written();
         self.dead_bytes += RECORD_HEADER_LEN as u64;
         self.compact_if_worthwhile();
         Ok(())
+    }
+
+    /// Hands out the next sequence number without writing a record; later pushes get
+    /// higher numbers.
+    ///
+    /// For an event kept outside the file (in memory while the disk is full), so that it
+    /// sorts with the queued events. The number is not stored: after a restart, before any
+    /// push, it can be handed out again.
+    pub fn skip_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Returns the number of acknowledged records whose ack record is not yet written,
+    /// because the last writes failed. Until it is 0, a restart sends them again.
+    pub fn unwritten_acks(&self) -> usize {
+        self.unwritten_acks.len()
     }
 
     /// Returns the number of pending records.
@@ -675,6 +719,19 @@ impl DiskQueue {
         drops
     }
 
+    /// Appends the ack records that earlier failed writes left out.
+    fn encode_unwritten_acks(&self, out: &mut Vec<u8>) {
+        for &seq in &self.unwritten_acks {
+            encode_record(out, KIND_ACK, seq, &[]);
+        }
+    }
+
+    /// Records that an append with the output of `encode_unwritten_acks` succeeded.
+    fn unwritten_acks_written(&mut self) {
+        let written = std::mem::take(&mut self.unwritten_acks);
+        self.dead_bytes += (written.len() * RECORD_HEADER_LEN) as u64;
+    }
+
     /// Removes `seq` from the pending records and moves its bytes to `dead_bytes`.
     /// Returns its record length, or 0 if it was not pending.
     fn remove_pending(&mut self, seq: u64) -> u64 {
@@ -687,8 +744,10 @@ impl DiskQueue {
         bytes
     }
 
-    /// Writes `bytes` at `file_len` and syncs them. On error `file_len` stays, and the
-    /// next append first cuts off whatever part of `bytes` reached the file.
+    /// Writes `bytes` at `file_len` and syncs them. On error `file_len` stays, and
+    /// whatever part of `bytes` reached the file is cut off at once, so that the next open
+    /// does not take it for a write interrupted by a crash. If that truncation fails too,
+    /// the next append retries it first.
     fn append(&mut self, bytes: &[u8]) -> Result<(), QueueError> {
         match self.write_at_end(bytes) {
             Ok(()) => {
@@ -697,6 +756,15 @@ impl DiskQueue {
             }
             Err(error) => {
                 self.tail_dirty = true;
+                // Shrinking a file frees space, so this works on a full disk.
+                if let Err(truncate_error) = self.truncate_tail() {
+                    debug!(
+                        "cannot truncate event queue {} after a failed write: {}; the next \
+                         write retries",
+                        self.path.display(),
+                        os_message(&truncate_error)
+                    );
+                }
                 Err(QueueError::Write {
                     path: self.path.clone(),
                     error,
@@ -754,6 +822,8 @@ impl DiskQueue {
         self.file_len = FILE_HEADER_LEN as u64 + self.pending_bytes;
         self.dead_bytes = 0;
         self.tail_dirty = false;
+        // The new file lists only `pending`, so the missing ack records no longer matter.
+        self.unwritten_acks.clear();
         debug!(
             "compacted event queue {}: {} -> {} bytes, {} pending events",
             self.path.display(),
@@ -1123,6 +1193,7 @@ fn check_file_header(path: &Path, bytes: &[u8]) -> Result<Option<u64>, QueueErro
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_disk::TinyDisk;
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
@@ -1235,6 +1306,91 @@ mod tests {
         let queue = DiskQueue::open(dir.path(), "cam", ROOMY).unwrap();
 
         assert_eq!(pending_seqs(&queue), vec![3]);
+    }
+
+    #[test]
+    fn failed_push_is_truncated_at_once() {
+        let Some(disk) = TinyDisk::mount() else {
+            return;
+        };
+        let mut queue = DiskQueue::open(disk.path(), "cam", ROOMY).unwrap();
+        // The file ends 100 bytes before the end of its first page, so the next record
+        // fits only partly before the disk is full.
+        let first = disk.page - FILE_HEADER_LEN as u64 - RECORD_HEADER_LEN as u64 - 100;
+        queue.push(&payload(1, first as usize)).unwrap();
+        let intact_len = file_len(queue.path());
+        disk.fill();
+
+        let error = queue.push(&payload(2, 300)).unwrap_err();
+
+        assert!(matches!(error, QueueError::Write { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("no space left on device"),
+            "{error}"
+        );
+        assert_eq!(file_len(queue.path()), intact_len);
+        assert_eq!(pending_seqs(&queue), vec![1]);
+        drop(queue);
+        let queue = DiskQueue::open(disk.path(), "cam", ROOMY).unwrap();
+        assert_eq!(pending_seqs(&queue), vec![1]);
+        assert_eq!(file_len(queue.path()), intact_len);
+    }
+
+    #[test]
+    fn failed_ack_written_with_next_write() {
+        let Some(disk) = TinyDisk::mount() else {
+            return;
+        };
+        let mut queue = DiskQueue::open(disk.path(), "cam", ROOMY).unwrap();
+        // The file ends exactly at a page boundary, so the ack record needs a new page.
+        let first = disk.page - FILE_HEADER_LEN as u64 - RECORD_HEADER_LEN as u64;
+        queue.push(&payload(1, first as usize)).unwrap();
+        let filler = disk.fill();
+
+        let error = queue.ack(1).unwrap_err();
+
+        assert!(matches!(error, QueueError::Write { .. }), "{error:?}");
+        assert!(queue.is_empty());
+        assert_eq!(queue.unwritten_acks(), 1);
+
+        fs::remove_file(filler).unwrap();
+        let second = queue.push(&payload(2, 300)).unwrap();
+
+        assert_eq!(queue.unwritten_acks(), 0);
+        drop(queue);
+        let queue = DiskQueue::open(disk.path(), "cam", ROOMY).unwrap();
+        assert_eq!(pending_seqs(&queue), vec![second.seq]);
+    }
+
+    #[test]
+    fn unwritten_ack_resends_after_restart() {
+        let Some(disk) = TinyDisk::mount() else {
+            return;
+        };
+        let mut queue = DiskQueue::open(disk.path(), "cam", ROOMY).unwrap();
+        let first = disk.page - FILE_HEADER_LEN as u64 - RECORD_HEADER_LEN as u64;
+        queue.push(&payload(1, first as usize)).unwrap();
+        disk.fill();
+
+        assert!(queue.ack(1).is_err());
+        drop(queue);
+        let queue = DiskQueue::open(disk.path(), "cam", ROOMY).unwrap();
+
+        assert_eq!(pending_seqs(&queue), vec![1]);
+    }
+
+    #[test]
+    fn skipped_seq_is_not_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut queue = DiskQueue::open(dir.path(), "cam", ROOMY).unwrap();
+        queue.push(&payload(1, 300)).unwrap();
+
+        let skipped = queue.skip_seq();
+        let pushed = queue.push(&payload(2, 300)).unwrap();
+
+        assert_eq!(skipped, 2);
+        assert_eq!(pushed.seq, 3);
+        assert_eq!(pending_seqs(&queue), vec![1, 3]);
     }
 
     #[test]

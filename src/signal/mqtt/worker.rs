@@ -3,10 +3,11 @@
 //!
 //! The worker never waits on the network: it submits with rumqttc's non-blocking
 //! `try_publish` and retries on its next pass when the request channel is full. It holds the
-//! queue mutex only for in-memory look-ups and for `DiskQueue::ack` (one local `sync_data`).
+//! queue mutex only for in-memory look-ups and for `EventQueue::ack` (one local `sync_data`
+//! for an event on disk).
 
 use super::config::MqttUrl;
-use super::queue::DiskQueue;
+use super::event_queue::EventQueue;
 use super::{publish_packet_bytes, FailureKind, ShutdownReport, Topics};
 use super::{OFFLINE, ONLINE, STATE_IN, STATE_OUT};
 use crate::signal::stats::RunStats;
@@ -61,7 +62,7 @@ pub(crate) struct Shared {
     pub topics: Topics,
     pub max_packet_bytes: usize,
     pub stats: Arc<RunStats>,
-    pub queue: Mutex<DiskQueue>,
+    pub queue: Mutex<EventQueue>,
     /// Lock order: `link` before `queue`.
     pub link: Mutex<Link>,
     /// True once the worker has handed `online` to rumqttc on the current connection;
@@ -88,8 +89,8 @@ impl Shared {
         *lock(&self.failure) = Failure::default();
     }
 
-    /// Stores the queue's length in `RunStats::queue_depth`.
-    pub fn update_depth(&self, queue: &DiskQueue) {
+    /// Stores the queue's length, disk and memory, in `RunStats::queue_depth`.
+    pub fn update_depth(&self, queue: &EventQueue) {
         self.stats
             .queue_depth
             .store(queue.len() as u64, Ordering::Relaxed);
@@ -341,11 +342,9 @@ impl Worker {
         match tracked {
             Tracked::Event(seq) => {
                 let mut queue = lock(&self.shared.queue);
-                match queue.ack(seq) {
-                    Ok(()) => self.delivered += 1,
-                    // The record stays pending and goes out again after the next reconnect.
-                    Err(error) => error!("broker acknowledged event {seq}, but {error}"),
-                }
+                // A failed write of the ack is logged there; the event leaves the queue anyway.
+                queue.ack(seq);
+                self.delivered += 1;
                 self.shared.update_depth(&queue);
             }
             Tracked::Offline => {
@@ -357,8 +356,8 @@ impl Worker {
         }
     }
 
-    /// Submits what is due on the current connection: `online`, the state, events up to
-    /// the window, stats.
+    /// Submits what is due on the current connection: `online`, events up to the window,
+    /// the state, stats.
     fn pump(&mut self) {
         let Some(generation) = self.generation else {
             self.skip_stats_if_due();
@@ -383,14 +382,11 @@ impl Worker {
             shared.ready.store(true, Ordering::Release);
         }
 
+        // Events go before the state, so that a subscriber that reacts to a state change
+        // can already have the event behind it. The state is read before the queue:
+        // `Mqtt::publish_event` queues before `Mqtt::publish_state` stores, so an event
+        // queued before the state read here is found by the loop below.
         let ood = shared.ood.load(Ordering::Acquire);
-        if self.published_ood != Some(ood) {
-            let payload = if ood { STATE_OUT } else { STATE_IN };
-            if !self.submit(Tracked::State, &shared.topics.state, payload.into(), true) {
-                return;
-            }
-            self.published_ood = Some(ood);
-        }
 
         let draining = self
             .shutdown
@@ -405,6 +401,14 @@ impl Worker {
             }
             self.cursor = Some(seq);
             self.events_in_window += 1;
+        }
+
+        if self.published_ood != Some(ood) {
+            let payload = if ood { STATE_OUT } else { STATE_IN };
+            if !self.submit(Tracked::State, &shared.topics.state, payload.into(), true) {
+                return;
+            }
+            self.published_ood = Some(ood);
         }
         drop(link);
 
@@ -427,9 +431,7 @@ impl Worker {
                 self.shared.max_packet_bytes
             );
             self.cursor = Some(seq);
-            if let Err(error) = queue.ack(seq) {
-                error!("cannot remove oversized event {seq} from the queue: {error}");
-            }
+            queue.ack(seq);
             RunStats::bump(&self.shared.stats.events_dropped);
             self.shared.update_depth(&queue);
         }
@@ -592,11 +594,47 @@ impl Worker {
             .is_some_and(|shutdown| shutdown.offline_acked);
         let report = ShutdownReport {
             delivered: self.delivered,
-            left_in_queue: queue.len() as u64,
+            left_in_queue: queue.disk_len() as u64,
+            lost_in_memory: queue.memory_len() as u64,
             offline_published,
             link_stopped: self.link_stopped,
             timed_out,
         };
+        if report.left_in_queue > 0 {
+            warn!(
+                "{} event(s) not acknowledged by the broker stay queued in {}; they are sent \
+                 at the next start",
+                report.left_in_queue,
+                queue.path().display()
+            );
+        }
+        if !self.link_stopped {
+            if self.generation.is_some() {
+                // The link thread has not reported the DISCONNECT as sent, usually because
+                // the broker is slow or stalled.
+                warn!(
+                    "the connection to MQTT broker {} was still open at the shutdown deadline; \
+                     it closes in the background once the DISCONNECT is sent or the \
+                     connection fails, or when the process exits",
+                    self.shared.url
+                );
+            } else {
+                warn!(
+                    "the MQTT link thread is still inside a connection attempt to {}; it ends \
+                     after it, within {} s",
+                    self.shared.url,
+                    super::link::CONNECT_TIMEOUT_S
+                );
+            }
+        }
+        if report.lost_in_memory > 0 {
+            error!(
+                "{} event(s) kept in memory, because {} could not be written, were not \
+                 acknowledged by the broker and are lost",
+                report.lost_in_memory,
+                queue.path().display()
+            );
+        }
         info!(
             "MQTT signal stopped: {} event(s) delivered in this run, {} left in {}{}{}",
             report.delivered,
@@ -647,6 +685,7 @@ fn stats_payload(shared: &Shared, mark: (Instant, u64, u64), now: (Instant, u64,
         "ood_frames": load(&stats.ood_frames),
         "events": load(&stats.events),
         "frames_dropped": load(&stats.mqtt_frames_dropped),
+        "stale_frames": load(&stats.stale_frames),
         "events_dropped": load(&stats.events_dropped),
         "queue_depth": load(&stats.queue_depth),
         "state": state,
