@@ -5,7 +5,8 @@ use crate::frame::{FrameBuf, FrameLimits};
 use crate::gate::{Gate, Verdict};
 use crate::model::{InferenceError, Model};
 use crate::score::{top1, Detector, Scorer, ScorerKind};
-use crate::source::{decode_into, DecodeError, FileReader, ReadError};
+use crate::source::raw::{raw_to_frame, RawError};
+use crate::source::{decode_into, DecodeError, Encoding, FileReader, ReadError};
 use crate::tensor::{InputTensor, Preprocessor};
 use std::fmt;
 use std::path::Path;
@@ -20,6 +21,8 @@ pub enum FrameError {
     Decode(DecodeError),
     /// The model failed or produced non-finite values.
     Inference(InferenceError),
+    /// A raw frame did not fit its declared size or the frame buffer.
+    Raw(RawError),
 }
 
 impl fmt::Display for FrameError {
@@ -28,6 +31,7 @@ impl fmt::Display for FrameError {
             FrameError::Read(err) => err.fmt(f),
             FrameError::Decode(err) => err.fmt(f),
             FrameError::Inference(err) => err.fmt(f),
+            FrameError::Raw(err) => err.fmt(f),
         }
     }
 }
@@ -38,6 +42,7 @@ impl std::error::Error for FrameError {
             FrameError::Read(err) => Some(err),
             FrameError::Decode(err) => Some(err),
             FrameError::Inference(err) => Some(err),
+            FrameError::Raw(err) => Some(err),
         }
     }
 }
@@ -135,6 +140,33 @@ impl Pipeline {
         self.preprocess();
         self.infer()?;
         Ok(self.decide())
+    }
+
+    /// Runs one captured frame (JPEG or raw pixels from a stream or camera) through every
+    /// stage.
+    pub fn step_captured(
+        &mut self,
+        bytes: &[u8],
+        encoding: Encoding,
+    ) -> Result<FrameResult, FrameError> {
+        self.load_captured(bytes, encoding)?;
+        self.preprocess();
+        self.infer()?;
+        Ok(self.decide())
+    }
+
+    /// Decodes a JPEG or converts raw pixels into the frame buffer.
+    pub fn load_captured(&mut self, bytes: &[u8], encoding: Encoding) -> Result<(), FrameError> {
+        match encoding {
+            Encoding::Jpeg => self.decode(bytes),
+            Encoding::Raw {
+                format,
+                width,
+                height,
+            } => {
+                raw_to_frame(bytes, format, width, height, &mut self.frame).map_err(FrameError::Raw)
+            }
+        }
     }
 
     /// Reads and decodes an image file into the frame buffer: [`Pipeline::read_file`] then

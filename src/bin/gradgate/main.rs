@@ -8,6 +8,8 @@ mod calibrate;
 mod config;
 mod eval;
 mod fit;
+mod input;
+mod output;
 mod run;
 mod signals;
 

@@ -1,5 +1,7 @@
 //! `gradgate run`: score images and print one JSON line per frame.
 
+use crate::input::{Input, InputArgs};
+use crate::output::{Counts, Flow, Sink};
 use crate::signals::{SignalArgs, Signals};
 use crate::{ModelArgs, Outcome};
 use anyhow::{Context, Result};
@@ -8,14 +10,12 @@ use gradgate::calibration::{self, Calibration};
 use gradgate::gate::FrameRef;
 use gradgate::score::fitted::{self, FittedScorer, StatsFile};
 use gradgate::score::{Detector, DetectorName};
-use gradgate::source::expand_sources;
+use gradgate::source::capture::{Capture, Taken};
 use gradgate::{Gate, GradNormScale, Pipeline, Scorer, ScorerKind};
-use serde::Serialize;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Args)]
 pub(crate) struct RunArgs {
@@ -40,39 +40,14 @@ pub(crate) struct RunArgs {
     /// Calibration file [default: the model path with .calibration.json]
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
-    /// Image files, folders (searched recursively for .jpg, .jpeg, .png, .webp) or glob patterns
+    /// Image files, folders (searched recursively for .jpg, .jpeg, .png, .webp) or glob
+    /// patterns; or one stream: - (stdin), a FIFO, a .mjpeg file, v4l2:///dev/video0
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<std::ffi::OsString>,
     #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
     signals: SignalArgs,
-}
-
-fn write_line(out: &mut impl Write, line: &FrameLine<'_>) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *out, line)?;
-    writeln!(out)
-}
-
-/// One line of `run` output.
-#[derive(Serialize)]
-struct FrameLine<'a> {
-    source: &'a str,
-    frame: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    score: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    threshold: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ood: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    label: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prob: Option<f32>,
-    scorer: &'a str,
-    /// The debounced state after this frame: `in` or `out`.
-    state: &'static str,
-    latency_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
 }
 
 /// Registers SIGINT and SIGTERM. The first signal sets the returned flag, which the frame
@@ -165,17 +140,10 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
             }
         }
     };
-    let files = expand_sources(&args.sources)?;
-    log::info!(
-        "run started: {} files, scorer {}, threshold {threshold}",
-        files.len(),
-        name
-    );
-
-    let mut signals = Signals::start(&args.signals, threshold, name.name())?;
     let stop = stop_flag()?;
-    let mut frame_message = Vec::with_capacity(1024);
-
+    let max_frame_bytes = usize::try_from(args.model.max_file_bytes).unwrap_or(usize::MAX);
+    let input = Input::open(&args.sources, &args.input, max_frame_bytes, &stop)?;
+    let signals = Signals::start(&args.signals, threshold, name.name())?;
     let mut pipeline = Pipeline::with_detector(
         model,
         scorer,
@@ -183,114 +151,49 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
         Gate::new(threshold),
         args.model.limits(),
     );
-    // One line per frame, flushed as it is written, so that a reader sees each decision when
-    // it is made.
-    let stdout = std::io::stdout();
-    let mut out = std::io::LineWriter::new(stdout.lock());
-    let (mut inside, mut outside, mut skipped) = (0usize, 0usize, 0usize);
-    let mut stopped_by_signal = false;
-    let mut write_error = None;
-    let mut stdout_open = true;
-    for (frame, path) in files.iter().enumerate() {
-        // A stop signal ends the run between frames, never inside one.
-        if stop.load(Ordering::Relaxed) {
-            log::info!("stop signal received; stopping before frame {frame}");
-            stopped_by_signal = true;
-            break;
+    let labels = pipeline.model().info().labels.clone();
+    let mut sink = Sink::new(signals, name.name(), &labels);
+
+    let (stopped_by_signal, dropped) = match input {
+        Input::Files(files) => {
+            log::info!(
+                "run started: {} files, scorer {name}, threshold {threshold}",
+                files.len()
+            );
+            (run_files(&files, &mut pipeline, &mut sink, &stop), 0)
         }
-        let captured = SystemTime::now();
-        let started = Instant::now();
-        let result = pipeline.step(path);
-        let latency = started.elapsed();
-        let latency_ms = latency.as_secs_f64() * 1000.0;
-        let source = path.to_string_lossy();
-        let line = match result {
-            Ok(result) => {
-                if result.verdict.ood {
-                    outside += 1;
-                } else {
-                    inside += 1;
-                }
-                let at = FrameRef {
-                    index: frame as u64,
-                    time: captured,
-                    source: &source,
-                };
-                signals.frame(at, result.verdict, latency);
-                FrameLine {
-                    source: &source,
-                    frame,
-                    score: Some(result.verdict.score),
-                    threshold: Some(result.verdict.threshold),
-                    ood: Some(result.verdict.ood),
-                    label: pipeline
-                        .model()
-                        .info()
-                        .labels
-                        .get(result.top1)
-                        .map(String::as_str),
-                    prob: Some(result.prob),
-                    scorer: name.name(),
-                    state: signals.state().as_str(),
-                    latency_ms,
-                    error: None,
-                }
-            }
-            Err(err) => {
-                skipped += 1;
-                signals.skipped();
-                log::warn!("skipped frame {frame} ({source}): {err}");
-                FrameLine {
-                    source: &source,
-                    frame,
-                    score: None,
-                    threshold: None,
-                    ood: None,
-                    label: None,
-                    prob: None,
-                    scorer: name.name(),
-                    state: signals.state().as_str(),
-                    latency_ms,
-                    error: Some(err.to_string()),
-                }
-            }
-        };
-        if signals.wants_frames() {
-            // The buffer is reused; it grows only while a message is longer than any before.
-            frame_message.clear();
-            if serde_json::to_writer(&mut frame_message, &line).is_ok() {
-                signals.frame_message(&frame_message);
-            }
+        Input::Stream(source) => {
+            log::info!(
+                "run started: stream {}, scorer {name}, threshold {threshold}",
+                source.name()
+            );
+            let capture = Capture::start(source, max_frame_bytes, Arc::clone(&stop));
+            let stopped = run_stream(&capture, args.input.fps, &mut pipeline, &mut sink, &stop);
+            (stopped, capture.counts().dropped.load(Ordering::Relaxed))
         }
-        if !stdout_open {
-            continue;
-        }
-        if let Err(err) = write_line(&mut out, &line) {
-            // A closed pipe (`gradgate run … | head`) means the reader has what it wanted,
-            // unless MQTT or GPIO carry the decisions: then the run goes on without stdout.
-            if err.kind() == std::io::ErrorKind::BrokenPipe {
-                if signals.is_active() {
-                    log::warn!("stdout closed after frame {frame}; going on for MQTT and GPIO");
-                    stdout_open = false;
-                    continue;
-                }
-                log::info!("stdout closed after frame {frame}; stopping");
-                break;
-            }
-            write_error = Some(err);
-            break;
-        }
-    }
+    };
 
     // Close any open event and deliver or persist the queue, also when stdout failed.
+    let Sink {
+        signals,
+        counts,
+        write_error,
+        ..
+    } = sink;
     signals.finish();
     if let Some(err) = write_error {
         return Err(err).context("cannot write to stdout");
     }
     log::info!("run finished");
+    let Counts {
+        inside,
+        outside,
+        skipped,
+    } = counts;
     eprintln!(
-        "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped (scorer {}, threshold {threshold}){}",
+        "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped{} (scorer {}, threshold {threshold}){}",
         inside + outside + skipped,
+        if dropped > 0 { format!(", {dropped} dropped as stale") } else { String::new() },
         name,
         if stopped_by_signal { ", stopped by signal" } else { "" }
     );
@@ -300,4 +203,99 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     } else {
         Outcome::SomeSkipped
     })
+}
+
+/// Runs image files in order. Returns true when a stop signal ended the run.
+fn run_files(
+    files: &[PathBuf],
+    pipeline: &mut Pipeline,
+    sink: &mut Sink<'_>,
+    stop: &AtomicBool,
+) -> bool {
+    for (index, path) in files.iter().enumerate() {
+        // A stop signal ends the run between frames, never inside one.
+        if stop.load(Ordering::Relaxed) {
+            log::info!("stop signal received; stopping before frame {index}");
+            return true;
+        }
+        let time = SystemTime::now();
+        let started = Instant::now();
+        let result = pipeline.step(path);
+        let source = path.to_string_lossy();
+        let at = FrameRef {
+            index: index as u64,
+            time,
+            source: &source,
+        };
+        if sink.frame(at, result, started.elapsed()) == Flow::Stop {
+            break;
+        }
+    }
+    false
+}
+
+/// Runs the newest frames of a capture until the source ends or a stop signal arrives.
+/// Returns true when a stop signal ended the run.
+fn run_stream(
+    capture: &Capture,
+    fps: Option<f64>,
+    pipeline: &mut Pipeline,
+    sink: &mut Sink<'_>,
+    stop: &AtomicBool,
+) -> bool {
+    let period = fps.map(|fps| Duration::from_secs_f64(1.0 / fps));
+    let mut next_start = Instant::now();
+    loop {
+        match capture.take() {
+            Taken::Frame(frame) => {
+                let started = Instant::now();
+                let result = pipeline.step_captured(&frame.bytes, frame.captured.encoding);
+                let at = FrameRef {
+                    index: frame.seq,
+                    time: frame.captured.time,
+                    source: capture.name(),
+                };
+                let flow = sink.frame(at, result, started.elapsed());
+                capture.give_back(frame);
+                let stale = capture.counts().dropped.load(Ordering::Relaxed);
+                sink.signals.set_stale_frames(stale);
+                if flow == Flow::Stop {
+                    return false;
+                }
+                // Cap the rate: wait until the next slot; capture goes on and keeps only
+                // the newest frame meanwhile.
+                if let Some(period) = period {
+                    next_start = (next_start + period).max(started);
+                    sleep_until(next_start, stop);
+                }
+            }
+            Taken::Skipped(reason) => {
+                if sink.skip(capture.name(), &*reason) == Flow::Stop {
+                    return false;
+                }
+            }
+            Taken::End(reason) => {
+                if let Some(reason) = reason {
+                    sink.skip(capture.name(), &*reason);
+                }
+                log::info!("stream {} ended", capture.name());
+                return false;
+            }
+            Taken::Stopped => {
+                log::info!("stop signal received; stopping the stream");
+                return true;
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`, waking every 100 ms to check the stop flag.
+fn sleep_until(deadline: Instant, stop: &AtomicBool) {
+    loop {
+        let now = Instant::now();
+        if now >= deadline || stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+    }
 }

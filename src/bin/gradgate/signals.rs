@@ -172,6 +172,11 @@ impl Signals {
         self.publish_frames && self.mqtt.is_some()
     }
 
+    /// Records the capture's count of frames dropped as stale.
+    pub(crate) fn set_stale_frames(&self, count: u64) {
+        self.stats.stale_frames.store(count, Ordering::Relaxed);
+    }
+
     /// Counts a skipped frame.
     pub(crate) fn skipped(&self) {
         RunStats::bump(&self.stats.skipped);
