@@ -12,10 +12,16 @@
 //!   [`Model::run`] is the one per-frame step that allocates. Everything before and after it
 //!   reuses buffers sized here.
 //! - Quantized (QDQ) graphs run in tract 0.23 as simulated quantization in `f32`.
+//! - [`Model::load_with`] can prepare the backbone for an NVIDIA GPU with tract-cuda (cargo
+//!   features `cuda` and `cuda-12`), and falls back to the CPU when that fails.
 
+mod backend;
+mod cuda;
 mod head;
 mod metadata;
 
+pub use backend::{Backend, CudaUnavailable};
+pub use cuda::probe_cuda;
 pub use head::HeadSpec;
 pub use metadata::{LABELS_KEY, PREPROCESS_KEY};
 
@@ -173,6 +179,9 @@ pub struct ModelInfo {
     pub quantized_head: bool,
     /// Number of nodes of the optimized backbone.
     pub backbone_nodes: usize,
+    /// True when the graph has QuantizeLinear or DequantizeLinear nodes (a QDQ quantized
+    /// model, which tract runs as quantization simulated in `f32`).
+    pub qdq: bool,
 }
 
 /// A loaded classifier: the optimized backbone, its head, and one reusable tract state.
@@ -185,19 +194,32 @@ pub struct Model {
     input: Arc<Tensor>,
     /// tract's outputs between [`Model::run_backbone`] and [`Model::copy_features`].
     outputs: TVec<TValue>,
+    /// Backend the backbone runs on: `Cpu` or `Cuda`.
+    backend_in_use: Backend,
+    /// Reason a model requested on CUDA runs on the CPU.
+    fallback: Option<CudaUnavailable>,
 }
 
 impl Model {
-    /// Loads, inspects and optimizes the model at `path`.
+    /// Loads, inspects and optimizes the model at `path` for the CPU.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let tract_error = |phase: &'static str| {
-            let path = path.to_path_buf();
-            move |source: anyhow::Error| ModelError::Tract {
-                path: path.clone(),
-                phase,
-                source,
-            }
-        };
+        Model::load_with(path, Backend::Cpu)
+    }
+
+    /// Loads and inspects the model at `path` like [`Model::load`], and prepares its backbone
+    /// for `backend`.
+    ///
+    /// CUDA never makes loading fail. With [`Backend::Cuda`] or [`Backend::Auto`], a model
+    /// that cannot run on the GPU runs on the CPU: the binary lacks the `cuda` or `cuda-12`
+    /// feature, the CUDA libraries or the GPU are missing, or tract-cuda fails on the model.
+    /// One log line gives the reason: a warning for `Cuda`, info for `Auto` when no GPU was
+    /// found, a warning for `Auto` when a GPU was found but failed. [`Model::backend_in_use`]
+    /// and [`Model::cuda_fallback`] report the outcome.
+    ///
+    /// The first CUDA load in a process creates the CUDA context, which compiles tract's
+    /// kernels with NVRTC, or reads them from the cubin cache (see the crate's README).
+    pub fn load_with(path: &Path, backend: Backend) -> Result<Model, ModelError> {
+        let tract_error = |phase: &'static str| tract_failure(path, phase);
 
         // Read the file once: for the hash and for the protobuf.
         let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
@@ -218,6 +240,11 @@ impl Model {
                 reason: "it contains no graph nodes".into(),
             });
         };
+
+        let qdq = graph
+            .node
+            .iter()
+            .any(|n| matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear"));
 
         // Find the head, then the class names and preprocessing that go with it.
         let spec = head::find_head(graph, path)?;
@@ -275,10 +302,17 @@ impl Model {
             .model
             .with_input_fact(0, f32::fact([1, 3, size, size]).into())
             .and_then(|m| m.with_outputs_by_name([spec.features.as_str()]))
-            .map_err(tract_error("set the input and output of"))?
-            .into_optimized()
-            .map_err(tract_error("optimize"))?;
-        let output_fact = model
+            .map_err(tract_error("set the input and output of"))?;
+        let (plan, fallback) = match backend {
+            Backend::Cpu => (plan_for_cpu(model, path)?, None),
+            Backend::Cuda | Backend::Auto => plan_for_cuda(model, path)?,
+        };
+        if let Some(reason) = &fallback {
+            log_fallback(backend, reason, path);
+        }
+
+        let output_fact = plan
+            .model()
             .output_fact(0)
             .map_err(tract_error("inspect"))?
             .clone();
@@ -293,8 +327,7 @@ impl Model {
                 expected: head.feature_dim(),
             });
         }
-        let backbone_nodes = model.nodes().len();
-        let plan = model.into_runnable().map_err(tract_error("plan"))?;
+        let backbone_nodes = plan.model().nodes().len();
         let state = plan.spawn().map_err(tract_error("start"))?;
         let input = Arc::new(
             Tensor::zero::<f32>(&[1, 3, size, size]).map_err(tract_error("allocate input for"))?,
@@ -309,6 +342,11 @@ impl Model {
             features: spec.features,
             quantized_head: spec.dequantized,
             backbone_nodes,
+            qdq,
+        };
+        let backend_in_use = match fallback {
+            None if backend != Backend::Cpu => Backend::Cuda,
+            _ => Backend::Cpu,
         };
         Ok(Model {
             info,
@@ -316,7 +354,21 @@ impl Model {
             state,
             input,
             outputs: tvec!(),
+            backend_in_use,
+            fallback,
         })
+    }
+
+    /// Returns the backend the backbone runs on: [`Backend::Cpu`] or [`Backend::Cuda`], never
+    /// [`Backend::Auto`].
+    pub fn backend_in_use(&self) -> Backend {
+        self.backend_in_use
+    }
+
+    /// Returns the reason a model requested on CUDA or `auto` runs on the CPU, or `None` when
+    /// it runs where it was requested.
+    pub fn cuda_fallback(&self) -> Option<&CudaUnavailable> {
+        self.fallback.as_ref()
     }
 
     /// Returns the facts about what was loaded.
@@ -385,6 +437,66 @@ impl Model {
             .copy_from_slice(view.as_slice::<f32>().map_err(InferenceError::tract)?);
         self.outputs.clear();
         Ok(())
+    }
+}
+
+/// Returns a mapper from a tract error at `phase` of loading `path` to a [`ModelError`].
+fn tract_failure(path: &Path, phase: &'static str) -> impl FnOnce(anyhow::Error) -> ModelError {
+    let path = path.to_path_buf();
+    move |source| ModelError::Tract {
+        path,
+        phase,
+        source,
+    }
+}
+
+/// Optimizes the cut backbone for tract's CPU kernels and plans it.
+fn plan_for_cpu(model: InferenceModel, path: &Path) -> Result<Arc<TypedSimplePlan>, ModelError> {
+    model
+        .into_optimized()
+        .map_err(tract_failure(path, "optimize"))?
+        .into_runnable()
+        .map_err(tract_failure(path, "plan"))
+}
+
+/// Plans the cut backbone on the GPU, or on the CPU with the reason CUDA could not be used.
+///
+/// When CUDA is unavailable before any preparation (the usual case) the CPU plan is built
+/// exactly as [`plan_for_cpu`] builds it. When tract-cuda fails on the model, the CPU plan is
+/// built from the same decluttered graph the GPU was given.
+fn plan_for_cuda(
+    model: InferenceModel,
+    path: &Path,
+) -> Result<(Arc<TypedSimplePlan>, Option<CudaUnavailable>), ModelError> {
+    if let Err(reason) = probe_cuda() {
+        return Ok((plan_for_cpu(model, path)?, Some(reason)));
+    }
+    let decluttered = model
+        .into_typed()
+        .and_then(TypedModel::into_decluttered)
+        .map_err(tract_failure(path, "declutter"))?;
+    match cuda::prepare(decluttered.clone()) {
+        Ok(plan) => Ok((plan, None)),
+        Err(reason) => {
+            let plan = decluttered
+                .into_optimized()
+                .map_err(tract_failure(path, "optimize"))?
+                .into_runnable()
+                .map_err(tract_failure(path, "plan"))?;
+            Ok((plan, Some(reason)))
+        }
+    }
+}
+
+/// Logs, once per load, that a model requested on `requested` runs on the CPU, and why.
+fn log_fallback(requested: Backend, reason: &CudaUnavailable, path: &Path) {
+    let path = path.display();
+    if requested == Backend::Auto && reason.is_no_device() {
+        log::info!("backend auto: no usable GPU, running model {path} on the CPU: {reason}");
+    } else {
+        log::warn!(
+            "backend {requested}: running model {path} on the CPU instead of CUDA: {reason}"
+        );
     }
 }
 

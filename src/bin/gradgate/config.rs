@@ -1,4 +1,5 @@
-//! The `--config` file of `gradgate run`: gate, MQTT and GPIO settings in TOML.
+//! The `--config` file of `gradgate run`: board, threads, camera, gate, MQTT and GPIO settings
+//! in TOML.
 //!
 //! Every key is optional; a command-line option overrides the same key. Unknown keys are
 //! rejected with their name and the file, so that a typo does not silently leave a default
@@ -6,6 +7,7 @@
 //! variables `GRADGATE_MQTT_USERNAME` and `GRADGATE_MQTT_PASSWORD`, which win.
 
 use anyhow::{Context, Result};
+use gradgate::model::Backend;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,14 @@ use std::path::{Path, PathBuf};
 pub(crate) struct ConfigFile {
     /// Names this camera in MQTT topics and event ids.
     pub(crate) device_id: Option<String>,
+    /// Board profile name or file (`--board`); a relative path is relative to this file.
+    pub(crate) board: Option<String>,
+    /// Inference threads (`--threads`).
+    pub(crate) threads: Option<usize>,
+    /// Inference backend: `cpu`, `cuda` or `auto` (`--backend`).
+    pub(crate) backend: Option<Backend>,
+    #[serde(default)]
+    pub(crate) camera: CameraSection,
     #[serde(default)]
     pub(crate) gate: GateSection,
     #[serde(default)]
@@ -32,6 +42,14 @@ pub(crate) struct GateSection {
     pub(crate) enter_frames: Option<u32>,
     pub(crate) ema_alpha: Option<f32>,
     pub(crate) leave_frames: Option<u32>,
+}
+
+/// `[camera]`: the source when the command line gives none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CameraSection {
+    /// One SOURCE, as on the command line: `v4l2:///dev/video0`, `-`, a FIFO or a file.
+    pub(crate) source: Option<String>,
 }
 
 /// `[mqtt]`: broker, topics, TLS, queue.
@@ -154,6 +172,75 @@ mod tests {
         let text = include_str!("../../../docs/config.example.toml");
         let config: ConfigFile = toml::from_str(text).unwrap();
         assert_eq!(config.gpio.line.as_deref(), Some("cdev:GPIO17"));
+    }
+
+    const SERVICE_CONFIG: &str = include_str!("../../../boards/etc/gradgate.toml");
+
+    /// Parses the service config with every commented-out `key = value` line enabled.
+    fn service_config_uncommented() -> ConfigFile {
+        let is_key_line = |line: &str| {
+            line.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+        };
+        let text: Vec<&str> = SERVICE_CONFIG
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if is_key_line(rest) => rest,
+                _ => line,
+            })
+            .collect();
+        toml::from_str(&text.join("\n")).unwrap()
+    }
+
+    #[test]
+    fn service_config_parses() {
+        let config: ConfigFile = toml::from_str(SERVICE_CONFIG).unwrap();
+        assert!(config.board.is_none());
+    }
+
+    #[test]
+    fn service_config_keys_are_known() {
+        let config = service_config_uncommented();
+        assert_eq!(config.board.as_deref(), Some("raspberry-pi-5"));
+    }
+
+    #[test]
+    fn service_config_shows_defaults() {
+        use gradgate::signal::gpio::DEFAULT_PULSE_MS;
+        use gradgate::signal::mqtt::MqttConfig;
+
+        let config = service_config_uncommented();
+        let mqtt = MqttConfig::default();
+        assert_eq!(config.threads, Some(crate::settings::DEFAULT_THREADS));
+        assert_eq!(config.backend, Some(Backend::default()));
+        assert_eq!(config.gate.enter_frames, Some(3));
+        assert_eq!(config.gate.leave_frames, Some(5));
+        assert_eq!(config.mqtt.prefix.as_deref(), Some(mqtt.prefix.as_str()));
+        assert_eq!(config.mqtt.queue_max_bytes, Some(mqtt.queue_max_bytes));
+        assert_eq!(config.mqtt.max_packet_bytes, Some(mqtt.max_packet_bytes));
+        assert_eq!(
+            config.mqtt.stats_interval_s,
+            Some(mqtt.stats_interval.as_secs_f64())
+        );
+        assert_eq!(
+            config.mqtt.keep_alive_s,
+            Some(mqtt.keep_alive.as_secs_f64())
+        );
+        assert_eq!(
+            config.mqtt.reconnect_min_s,
+            Some(mqtt.reconnect_min.as_secs_f64())
+        );
+        assert_eq!(
+            config.mqtt.reconnect_max_s,
+            Some(mqtt.reconnect_max.as_secs_f64())
+        );
+        assert_eq!(
+            config.mqtt.shutdown_timeout_s,
+            Some(mqtt.shutdown_timeout.as_secs_f64())
+        );
+        assert_eq!(config.gpio.pulse_ms, Some(DEFAULT_PULSE_MS));
+        assert_eq!(config.gpio.line.as_deref(), Some("none"));
     }
 
     #[test]

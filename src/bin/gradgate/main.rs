@@ -2,28 +2,36 @@
 //!
 //! Exit codes: 0 when every frame was scored; 1 when the run finished but some frames were
 //! skipped (unreadable, corrupt or unsupported input); 2 on a fatal error (bad option, model,
-//! calibration or source) before any frame was scored.
+//! calibration or source) before any frame was scored. `gpu-check` exits 1 when the CPU and
+//! the GPU disagree and 77 when no CUDA device is usable.
 
+mod boards;
 mod calibrate;
 mod config;
 mod eval;
 mod fit;
+mod gpu_check;
 mod input;
 mod output;
 mod run;
+mod settings;
 mod signals;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use gradgate::frame::FrameLimits;
+use gradgate::model::Backend;
 use gradgate::{Gate, GradNormScale, Model, Pipeline, Scorer, ScorerKind};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 /// Model used when neither --model nor GRADGATE_MODEL is given, relative to the working
-/// folder or, failing that, to the source tree the binary was built from.
+/// folder, else to [`INSTALL_DIR`], else to the source tree the binary was built from.
 const BUNDLED_MODEL: &str = "models/efficientnet-lite0-int8.onnx";
+
+/// Folder the Debian package installs `models/` and `boards/` into.
+pub(crate) const INSTALL_DIR: &str = "/usr/share/gradgate";
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +57,11 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fit the statistics of ReAct, ASH, SCALE, KL matching, Mahalanobis, ViM and KNN.
     Fit(fit::FitArgs),
+    /// List the board profiles (boards/*.toml), or print one with its notes.
+    Boards(boards::BoardsArgs),
+    /// Run images on the CPU and on the CUDA GPU and compare features, logits, classes,
+    /// decisions and speed (exit 0: agree, 1: disagree, 77: no CUDA device).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +69,15 @@ pub(crate) struct ModelArgs {
     /// ONNX model file [default: GRADGATE_MODEL, else the bundled EfficientNet-Lite0 int8]
     #[arg(long, value_name = "FILE")]
     pub(crate) model: Option<PathBuf>,
+    /// Threads for tract's matrix products and element-wise ops, from 1 to 4 × the CPU cores
+    /// [default: 1, or the board profile's with run --board]
+    #[arg(long, value_name = "N", value_parser = settings::parse_threads)]
+    pub(crate) threads: Option<usize>,
+    /// Backend that runs the model: cpu, cuda (an NVIDIA GPU, else the CPU with a warning) or
+    /// auto (the GPU when one is found, else the CPU). CUDA needs a build with --features cuda
+    /// or cuda-12 [default: cpu, or the board profile's with run --board]
+    #[arg(long, value_name = "BACKEND")]
+    pub(crate) backend: Option<Backend>,
     /// Softmax temperature T for GradNorm, MSP and energy, from 0.001 to 10000
     #[arg(long, default_value_t = 1.0, value_parser = temperature, allow_negative_numbers = true)]
     pub(crate) temperature: f32,
@@ -114,10 +136,13 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Eval(args) => eval::eval(args),
         Command::Fit(args) => fit::fit_command(args),
+        Command::Boards(args) => boards::boards_command(args),
+        Command::GpuCheck(args) => gpu_check::gpu_check(args),
     };
     match outcome {
         Ok(Outcome::AllFrames) => ExitCode::SUCCESS,
-        Ok(Outcome::SomeSkipped) => ExitCode::from(1),
+        Ok(Outcome::SomeSkipped | Outcome::GpuMismatch) => ExitCode::from(1),
+        Ok(Outcome::NoGpu) => ExitCode::from(gpu_check::EXIT_NO_GPU),
         Err(err) => {
             log::debug!("fatal error: {err:?}");
             eprintln!("gradgate: error: {err:#}");
@@ -129,6 +154,10 @@ fn main() -> ExitCode {
 pub(crate) enum Outcome {
     AllFrames,
     SomeSkipped,
+    /// `gpu-check`: the CPU and the GPU results differ beyond the tolerance.
+    GpuMismatch,
+    /// `gpu-check`: no CUDA device is usable, so nothing was compared.
+    NoGpu,
 }
 
 impl ModelArgs {
@@ -163,17 +192,19 @@ impl ModelArgs {
     }
 
     pub(crate) fn load(&self) -> Result<Model> {
+        settings::install_threads(self.threads.unwrap_or(settings::DEFAULT_THREADS))?;
         let path = match &self.model {
             Some(path) => path.clone(),
             None => bundled_model(),
         };
         let started = Instant::now();
-        let model = Model::load(&path)?;
+        let model = Model::load_with(&path, self.backend.unwrap_or_default())?;
         let info = model.info();
         log::info!(
-            "loaded model {} (sha256 {}) in {} ms: {} classes, {} features from '{}', head {}{}, {} backbone nodes, input {}×{}",
+            "loaded model {} (sha256 {}) on {} in {} ms: {} classes, {} features from '{}', head {}{}, {} backbone nodes, input {}×{}",
             path.display(),
             info.sha256,
+            model.backend_in_use(),
             started.elapsed().as_millis(),
             model.head().num_classes(),
             model.head().feature_dim(),
@@ -195,6 +226,10 @@ fn bundled_model() -> PathBuf {
     let local = PathBuf::from(BUNDLED_MODEL);
     if local.exists() {
         return local;
+    }
+    let installed = Path::new(INSTALL_DIR).join(BUNDLED_MODEL);
+    if installed.exists() {
+        return installed;
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_MODEL)
 }

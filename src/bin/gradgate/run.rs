@@ -1,7 +1,9 @@
 //! `gradgate run`: score images and print one JSON line per frame.
 
+use crate::config::ConfigFile;
 use crate::input::{Input, InputArgs};
 use crate::output::{Counts, Flow, Sink};
+use crate::settings::{self, RunSettings};
 use crate::signals::{SignalArgs, Signals};
 use crate::{ModelArgs, Outcome};
 use anyhow::{Context, Result};
@@ -21,6 +23,10 @@ use std::time::{Duration, Instant, SystemTime};
 pub(crate) struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Board profile: a name from 'gradgate boards' or a .toml file. It supplies the threads,
+    /// backend, GPIO line and camera source that neither the command line nor --config sets
+    #[arg(long, value_name = "NAME|FILE")]
+    board: Option<String>,
     /// Out-of-distribution score: gradnorm, gradnorm-logits, msp, maxlogit, energy, or a fitted
     /// detector (react, gradnorm-react, ash-p, ash-b, ash-s, scale, kl-matching, mahalanobis,
     /// vim, knn) whose statistics `gradgate fit` wrote
@@ -42,7 +48,8 @@ pub(crate) struct RunArgs {
     calibration: Option<PathBuf>,
     /// Image files, folders (searched recursively for .jpg, .jpeg, .png, .webp) or glob
     /// patterns; or one stream: - (stdin), a FIFO, a .mjpeg file, v4l2:///dev/video0
-    #[arg(required = true, value_name = "SOURCE")]
+    /// [default: the camera source of --config or --board]
+    #[arg(value_name = "SOURCE")]
     sources: Vec<std::ffi::OsString>,
     #[command(flatten)]
     input: InputArgs,
@@ -65,7 +72,30 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
+pub(crate) fn run(mut args: RunArgs) -> Result<Outcome> {
+    // The config file and the board profile choose threads and backend, so they are read
+    // before the model loads.
+    let config = match &args.signals.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let cli = settings::CommandLine {
+        board: args.board.clone(),
+        threads: args.model.threads,
+        backend: args.model.backend,
+        gpio: args.signals.gpio.clone(),
+        sources: std::mem::take(&mut args.sources),
+    };
+    let settings = RunSettings::load(cli, &config, args.signals.config.as_deref())?;
+    log::info!(
+        "threads {} (from {}), backend {} (from {})",
+        settings.threads.value,
+        settings.threads.origin,
+        settings.backend.value,
+        settings.backend.origin
+    );
+    args.model.threads = Some(settings.threads.value);
+    args.model.backend = Some(settings.backend.value);
     let model = args.model.load()?;
 
     // The calibration gives the threshold and, without --scorer, the detector.
@@ -142,8 +172,8 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
     };
     let stop = stop_flag()?;
     let max_frame_bytes = usize::try_from(args.model.max_file_bytes).unwrap_or(usize::MAX);
-    let input = Input::open(&args.sources, &args.input, max_frame_bytes, &stop)?;
-    let signals = Signals::start(&args.signals, threshold, name.name())?;
+    let input = Input::open(&settings.sources.value, &args.input, max_frame_bytes, &stop)?;
+    let signals = Signals::start(&args.signals, &config, &settings, threshold, name.name())?;
     let mut pipeline = Pipeline::with_detector(
         model,
         scorer,
@@ -152,19 +182,20 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
         args.model.limits(),
     );
     let labels = pipeline.model().info().labels.clone();
+    let backend = pipeline.model().backend_in_use();
     let mut sink = Sink::new(signals, name.name(), &labels);
 
     let (stopped_by_signal, dropped) = match input {
         Input::Files(files) => {
             log::info!(
-                "run started: {} files, scorer {name}, threshold {threshold}",
+                "run started: {} files, scorer {name}, threshold {threshold}, backend {backend}",
                 files.len()
             );
             (run_files(&files, &mut pipeline, &mut sink, &stop), 0)
         }
         Input::Stream(source) => {
             log::info!(
-                "run started: stream {}, scorer {name}, threshold {threshold}",
+                "run started: stream {}, scorer {name}, threshold {threshold}, backend {backend}",
                 source.name()
             );
             let capture = Capture::start(source, max_frame_bytes, Arc::clone(&stop));
@@ -191,7 +222,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Outcome> {
         skipped,
     } = counts;
     eprintln!(
-        "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped{} (scorer {}, threshold {threshold}){}",
+        "gradgate: {} frames: {inside} in, {outside} out, {skipped} skipped{} (scorer {}, threshold {threshold}, backend {backend}){}",
         inside + outside + skipped,
         if dropped > 0 { format!(", {dropped} dropped as stale") } else { String::new() },
         name,

@@ -1,10 +1,12 @@
 //! Wires the debounced gate to MQTT and GPIO for `gradgate run`.
 //!
-//! Options come from the command line, then the `--config` file, then defaults. The frame
-//! loop calls [`Signals::frame`] once per scored frame and [`Signals::finish`] once at the
-//! end; neither waits on the network or on a pin.
+//! Options come from the command line, then the `--config` file, then defaults. The GPIO line
+//! can also come from a board profile and arrives resolved in `RunSettings`. The frame loop
+//! calls [`Signals::frame`] once per scored frame and [`Signals::finish`] once at the end;
+//! neither waits on the network or on a pin.
 
 use crate::config::{self, ConfigFile};
+use crate::settings::RunSettings;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gradgate::gate::{
@@ -75,9 +77,9 @@ pub(crate) struct SignalArgs {
     #[arg(long, value_name = "SECONDS")]
     mqtt_stats_interval: Option<f64>,
     /// GPIO line: none, rppal:BCM (Raspberry Pi), cdev:NAME or cdev:CHIP:OFFSET (GPIO
-    /// character device) [default: none]
+    /// character device) [default: the board profile's, else none]
     #[arg(long, value_name = "BACKEND:LINE")]
-    gpio: Option<String>,
+    pub(crate) gpio: Option<String>,
     /// level: the line is active while out of distribution; pulse: one pulse per event
     /// [default: level]
     #[arg(long, value_name = "MODE")]
@@ -102,19 +104,18 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    /// Builds the gate and starts the signals. `threshold` is the per-frame gate's.
+    /// Builds the gate and starts the signals. `file` is the loaded `--config` file, and
+    /// `settings` carries the GPIO line resolved with the board profile. `threshold` is the
+    /// per-frame gate's.
     pub(crate) fn start(
         args: &SignalArgs,
+        file: &ConfigFile,
+        settings: &RunSettings,
         threshold: f32,
         scorer: &'static str,
     ) -> Result<Signals> {
-        let file = match &args.config {
-            Some(path) => ConfigFile::load(path)?,
-            None => ConfigFile::default(),
-        };
-
         // The gate.
-        let debounce = debounce_config(args, &file)?;
+        let debounce = debounce_config(args, file)?;
         let gate = DebouncedGate::new(debounce, threshold).context(
             "invalid gate settings (--enter-frames, --enter-ema, --leave-frames or [gate])",
         )?;
@@ -133,12 +134,12 @@ impl Signals {
         let stats = Arc::new(RunStats::new());
 
         // GPIO first: a missing line is a set-up error, best reported before any network.
-        let gpio_config = gpio_config(args, &file)?;
-        let gpio = GpioSignal::open(&gpio_config, None)?;
+        let gpio_config = gpio_config(args, file, settings)?;
+        let gpio = GpioSignal::open(&gpio_config, settings.board_id())?;
 
         // MQTT.
         let mut publish_frames = false;
-        let mqtt = match mqtt_config(args, &file, &device)? {
+        let mqtt = match mqtt_config(args, file, &device)? {
             Some(config) => {
                 publish_frames = config.publish_frames;
                 Some(Mqtt::start(config, Arc::clone(&stats)).context("cannot start MQTT")?)
@@ -298,9 +299,14 @@ fn debounce_config(args: &SignalArgs, file: &ConfigFile) -> Result<DebounceConfi
     })
 }
 
-fn gpio_config(args: &SignalArgs, file: &ConfigFile) -> Result<GpioConfig> {
-    let spec: GpioSpec = match args.gpio.as_deref().or(file.gpio.line.as_deref()) {
-        Some(text) => text.parse()?,
+fn gpio_config(args: &SignalArgs, file: &ConfigFile, settings: &RunSettings) -> Result<GpioConfig> {
+    let spec: GpioSpec = match &settings.gpio_line {
+        Some(line) => {
+            log::info!("gpio line {} from {}", line.value, line.origin);
+            line.value
+                .parse()
+                .with_context(|| format!("invalid GPIO line from {}", line.origin))?
+        }
         None => GpioSpec::None,
     };
     let pulse_ms = args

@@ -21,7 +21,7 @@ use v4l::video::Capture;
 use v4l::{Device, Format, FourCC, Fraction};
 
 use super::copy::{copy_frame, copy_rows, RowLayout};
-use super::error::{open_error, EINVAL, ENODEV, ENOTTY};
+use super::error::{open_error, EINVAL, ENODEV, ENOSYS, ENOTTY};
 use super::timestamp::WallClockMapper;
 use super::{CameraDevice, CameraFault, FrameSkip, Granted, V4l2Config, V4l2Error, V4l2Format};
 use crate::source::{Captured, Encoding, RawFormat};
@@ -252,7 +252,9 @@ fn check_capabilities(device: &Device, path: &Path) -> Result<(), V4l2Error> {
     let caps = device
         .query_caps()
         .map_err(|cause| match cause.raw_os_error() {
-            Some(ENOTTY | EINVAL) => V4l2Error::NotV4l2 {
+            // The kernel answers ENOTTY for a file without V4L2 ioctls; qemu-user answers
+            // ENOSYS for an ioctl it cannot translate.
+            Some(ENOTTY | EINVAL | ENOSYS) => V4l2Error::NotV4l2 {
                 device: path.to_path_buf(),
                 cause,
             },

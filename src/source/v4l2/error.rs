@@ -3,7 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-// errno values from asm-generic/errno-base.h, which every Linux architecture shares.
+// errno values from asm-generic/errno-base.h and errno.h, which x86_64, ARM and AArch64 share.
 // gradgate does not depend on the libc crate, and std does not name these codes.
 #[cfg(test)]
 pub(super) const ENOENT: i32 = 2;
@@ -14,6 +14,7 @@ pub(super) const EACCES: i32 = 13;
 pub(super) const ENODEV: i32 = 19;
 pub(super) const EINVAL: i32 = 22;
 pub(super) const ENOTTY: i32 = 25;
+pub(super) const ENOSYS: i32 = 38;
 
 /// Errors from configuring and opening a V4L2 camera, and from a capture failure that
 /// reconnecting cannot heal.

@@ -964,7 +964,10 @@ mod tests {
 
         let err = V4l2Source::open(&V4l2Config::new(file.path()), stop).unwrap_err();
 
-        assert!(matches!(&err, V4l2Error::NotV4l2 { device, .. } if device == file.path()));
+        assert!(
+            matches!(&err, V4l2Error::NotV4l2 { device, .. } if device == file.path()),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("is not a V4L2 device"), "{err}");
     }
 
