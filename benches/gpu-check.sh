@@ -23,8 +23,8 @@
 # Compiled kernels are cached under $XDG_CACHE_HOME/tract, else ~/.cache/tract.
 #
 # Exit status: that of gradgate gpu-check (0 the backends agree, 1 they disagree, 2 error,
-# 77 no CUDA device, after printing "skipped: no CUDA device (reason)"), 124 when it ran
-# past 5 minutes, 127 when no binary was found.
+# 77 no CUDA device, after printing "skipped: no CUDA device (reason)" or "skipped: built
+# without CUDA (reason)"), 124 when it ran past 5 minutes, 127 when no binary was found.
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,8 +45,13 @@ if [ ! -x "$binary" ]; then
     echo "gpu-check.sh: $binary is not an executable file" >&2
     exit 127
 fi
+# The script changes to the repository root below, so a relative path must be made absolute.
+case "$binary" in
+    */*) binary=$(cd "$(dirname "$binary")" && pwd)/$(basename "$binary") ;;
+esac
 
-# gradgate finds models/ and the default images relative to the working folder.
+# gradgate finds models/ and the default images relative to the working folder, so image
+# and --model arguments are read relative to the repository root too.
 for needed in models/efficientnet-lite0-int8.onnx tests/data/id tests/data/ood; do
     if [ ! -e "$root/$needed" ]; then
         echo "gpu-check.sh: $root/$needed is missing; copy models/ and tests/data/ beside benches/" >&2

@@ -27,8 +27,11 @@ const FP32_RELATIVE: f64 = 1e-5;
 
 /// Largest relative difference for the int8 QDQ model. tract runs it as float with a
 /// quantize-dequantize pair around each layer, so a last-bit difference before a rounding
-/// step can move an activation by one quantization step, which then propagates.
-const INT8_RELATIVE: f64 = 1e-3;
+/// step moves an activation by a whole quantization step, which then propagates. Measured on
+/// aarch64 under qemu-user: logits up to 1.3% apart on a cartoon, GradNorm 1.0%, and MSP 6.3%
+/// because a probability of 0.2 changes by the relative amount its logit gap changes. The
+/// top-1 class must still agree.
+const INT8_RELATIVE: f64 = 0.1;
 
 /// Bundled images, in-distribution and every OOD kind, decoded from their files. The first
 /// entries are the ones an emulated run keeps (see [`image_count`]): a photo, a near-blank
@@ -119,7 +122,9 @@ fn check_model(model_key: &str, model: &Path, tolerance: f64) {
     let expected = &load_json(FIXTURE)[model_key];
     let images = actual.as_object().unwrap();
     assert_eq!(images.len(), count, "{model_key}: image count");
-    let mut worst = (0f64, String::new());
+    // Every difference is computed before any assert, so that the log shows the largest one
+    // even when a limit is exceeded.
+    let mut differences: Vec<(f64, String, f64, f64)> = Vec::new();
     for (image, now) in images {
         let recorded = &expected[image];
         assert!(
@@ -134,23 +139,24 @@ fn check_model(model_key: &str, model: &Path, tolerance: f64) {
             let expected_score = value.as_f64().unwrap();
             let score = now["scores"][scorer].as_f64().unwrap();
             let error = relative_error(score, expected_score);
-            if error > worst.0 {
-                worst = (error, format!("{image} {scorer}"));
-            }
-            assert!(
-                error <= tolerance,
-                "{model_key} {image} {scorer}: {score} vs x86_64 {expected_score} \
-                 (relative {error:e}, limit {tolerance:e})"
-            );
+            differences.push((error, format!("{image} {scorer}"), score, expected_score));
         }
     }
+    differences.sort_by(|a, b| b.0.total_cmp(&a.0));
     // Printed for the CI log, so the margin to the limit is visible per architecture.
-    println!(
-        "{model_key} on {}, {count} images: largest relative difference {:e} ({})",
-        std::env::consts::ARCH,
-        worst.0,
-        worst.1
-    );
+    for (error, what, score, expected_score) in differences.iter().take(3) {
+        println!(
+            "{model_key} on {}, {count} images: relative difference {error:e} ({what}: {score} vs {expected_score})",
+            std::env::consts::ARCH
+        );
+    }
+    for (error, what, score, expected_score) in &differences {
+        assert!(
+            *error <= tolerance,
+            "{model_key} {what}: {score} vs x86_64 {expected_score} \
+             (relative {error:e}, limit {tolerance:e})"
+        );
+    }
 }
 
 /// Merges one model's scores into the fixture file.

@@ -131,8 +131,9 @@ fn boards_name_prints_notes() {
 #[test]
 fn boards_name_prints_build() {
     let output = gradgate(&["boards", "jetson-orin-nano"]);
-    let expected = "build          RUSTFLAGS=\"-C target-cpu=cortex-a78ae\" cross build \
-                    --release --target aarch64-unknown-linux-gnu";
+    let expected = "build          RUSTFLAGS=\"-C target-cpu=cortex-a78ae\" \
+                    CROSS_CONFIG=cross.toml cross build --profile dist --features cuda-12 \
+                    --target aarch64-unknown-linux-gnu";
     assert!(stdout(&output).contains(expected), "{}", stdout(&output));
 }
 

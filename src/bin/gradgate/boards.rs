@@ -344,8 +344,14 @@ fn describe(loaded: &LoadedBoard) -> String {
         .as_deref()
         .map(|flags| format!("RUSTFLAGS=\"{flags}\" "))
         .unwrap_or_default();
+    // The Jetson profiles select the GPU, which a build without the CUDA feature lacks.
+    let features = match board.backend {
+        Some(Backend::Cuda | Backend::Auto) => " --features cuda-12",
+        _ => "",
+    };
     out.push_str(&format!(
-        "build          {rustflags}cross build --release --target {}\n",
+        "build          {rustflags}CROSS_CONFIG=cross.toml cross build --profile dist{features} \
+         --target {}\n",
         board.target
     ));
     if let Some(notes) = &board.notes {

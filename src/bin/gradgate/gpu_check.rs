@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use gradgate::calibration::{self, Calibration};
 use gradgate::frame::FrameLimits;
-use gradgate::model::{probe_cuda, Backend};
+use gradgate::model::{probe_cuda, Backend, CudaUnavailable};
 use gradgate::score::{top1, DetectorName};
 use gradgate::source::expand_sources;
 use gradgate::{Activations, Gate, Model, Pipeline, Scorer, ScorerKind};
@@ -103,13 +103,15 @@ impl Row {
 }
 
 pub(crate) fn gpu_check(args: GpuCheckArgs) -> Result<Outcome> {
-    // Without a usable GPU there is nothing to compare, so print the reason and skip.
-    if let Err(reason) = probe_cuda() {
-        println!("skipped: no CUDA device ({reason})");
-        return Ok(Outcome::NoGpu);
-    }
-
+    // Inputs are checked first, so that a wrong path fails here (exit 2) rather than being
+    // reported as a skip on a machine without a GPU.
     let model_path = args.model.clone().unwrap_or_else(crate::bundled_model);
+    if !model_path.is_file() {
+        bail!(
+            "model file {} not found; give an ONNX file with --model",
+            model_path.display()
+        );
+    }
     let sources = if args.images.is_empty() {
         default_images()
     } else {
@@ -118,6 +120,16 @@ pub(crate) fn gpu_check(args: GpuCheckArgs) -> Result<Outcome> {
     let images = expand_sources(&sources)?;
     if images.is_empty() {
         bail!("no image found in {sources:?}; give image files or folders");
+    }
+
+    // Without a usable GPU there is nothing to compare, so print the reason and skip.
+    if let Err(reason) = probe_cuda() {
+        if matches!(reason, CudaUnavailable::NotBuilt) {
+            println!("skipped: built without CUDA ({reason})");
+        } else {
+            println!("skipped: no CUDA device ({reason})");
+        }
+        return Ok(Outcome::NoGpu);
     }
 
     // Load on both backends and time each load. The GPU's load includes creating the CUDA

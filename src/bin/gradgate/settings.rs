@@ -244,7 +244,7 @@ pub(crate) fn check_threads(threads: usize) -> Result<(), String> {
 pub(crate) fn parse_threads(text: &str) -> Result<usize, String> {
     let threads: usize = text
         .parse()
-        .map_err(|_| format!("'{text}' is not a thread count"))?;
+        .map_err(|_| format!("'{text}' is not a thread count; give a whole number from 1 up"))?;
     check_threads(threads)?;
     Ok(threads)
 }
@@ -477,7 +477,7 @@ mod tests {
     fn text_threads_rejected() {
         assert_eq!(
             parse_threads("two"),
-            Err("'two' is not a thread count".to_string())
+            Err("'two' is not a thread count; give a whole number from 1 up".to_string())
         );
     }
 }

@@ -29,8 +29,8 @@ const ENV_PASSWORD: &str = "GRADGATE_MQTT_PASSWORD";
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Gate and signals")]
 pub(crate) struct SignalArgs {
-    /// TOML file with [gate], [mqtt] and [gpio] settings and device_id; options given here
-    /// override it
+    /// TOML file with board, threads, backend, device_id, [gate], [mqtt], [gpio] and
+    /// [camera] settings; options given here override it
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Names this camera in MQTT topics and event ids [default: the host name]
