@@ -23,14 +23,16 @@ use std::path::Path;
 const FIXTURE: &str = "tests/fixtures/x86_64-scores.json";
 
 /// Largest relative difference of a score from the x86_64 value for the fp32 model.
+/// NOTE: armv7 measured 9.2e-6 on the three images CI runs, close to this limit; more images
+/// may exceed it there.
 const FP32_RELATIVE: f64 = 1e-5;
 
 /// Largest relative difference for the int8 QDQ model. tract runs it as float with a
 /// quantize-dequantize pair around each layer, so a last-bit difference before a rounding
-/// step moves an activation by a whole quantization step, which then propagates. Measured on
-/// aarch64 under qemu-user: logits up to 1.3% apart on a cartoon, GradNorm 1.0%, and MSP 6.3%
-/// because a probability of 0.2 changes by the relative amount its logit gap changes. The
-/// top-1 class must still agree.
+/// step moves an activation by a whole quantization step, which then propagates. Measured
+/// under qemu-user on a cartoon (aarch64/armv7): logits up to 1.3%/1.7% apart, GradNorm
+/// 1.0%/2.1%, and MSP 6.3%/7.8%, because a probability of 0.2 changes by the relative amount
+/// its logit gap changes. The top-1 class must still agree.
 const INT8_RELATIVE: f64 = 0.1;
 
 /// Bundled images, in-distribution and every OOD kind, decoded from their files. The first
