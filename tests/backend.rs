@@ -199,7 +199,7 @@ fn gpu_check_skips_without_device() {
     assert_eq!(stdout, format!("{}({reason})\n", skip_prefix()));
 }
 
-/// The start of gpu-check's skip line: a build without CUDA says so apart from a missing GPU.
+/// The start of gpu-check's skip line: a build without CUDA reports that apart from a missing GPU.
 fn skip_prefix() -> &'static str {
     if cfg!(any(feature = "cuda", feature = "cuda-12")) {
         "skipped: no CUDA device "

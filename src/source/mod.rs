@@ -34,7 +34,7 @@ pub use stream::{MjpegStream, RawStream, StreamFormat};
 
 use std::time::SystemTime;
 
-/// How the bytes of one captured frame are encoded.
+/// Encoding of the bytes of one captured frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
     /// A complete JPEG image (SOI to EOI).
@@ -56,11 +56,11 @@ pub struct Captured {
     /// The source's timestamp where it has one (V4L2 buffers), else the time the last byte
     /// of the frame was read.
     pub time: SystemTime,
-    /// How the bytes are encoded.
+    /// Encoding of the bytes.
     pub encoding: Encoding,
 }
 
-/// Why a source skipped input; carried to the caller, who counts and logs it.
+/// Reason a source skipped input, carried to the caller, which counts and logs it.
 pub type SkipReason = Box<dyn std::error::Error + Send + Sync>;
 
 /// What [`FrameSource::next_into`] produced.

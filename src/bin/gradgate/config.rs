@@ -112,7 +112,7 @@ impl ConfigFile {
 }
 
 /// Describes a TOML error with its line and column. toml's own message quotes the line and
-/// the value, so it is used only when the line holds no secret.
+/// the value, so it is used only when the line contains no secret.
 fn describe(text: &str, err: &toml::de::Error) -> String {
     let Some(span) = err.span() else {
         return err.message().to_string();

@@ -121,7 +121,7 @@ pub(crate) fn finite_f32(s: &str) -> Result<f32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // tract logs every graph pass at debug level, thousands of lines per model load, so its
-    // crates stay at info under -vv unless RUST_LOG asks for more.
+    // crates stay at info under -vv unless RUST_LOG requests more.
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -252,7 +252,7 @@ fn check_capabilities(device: &Device, path: &Path) -> Result<(), V4l2Error> {
     let caps = device
         .query_caps()
         .map_err(|cause| match cause.raw_os_error() {
-            // The kernel answers ENOTTY for a file without V4L2 ioctls; qemu-user answers
+            // The kernel returns ENOTTY for a file without V4L2 ioctls, and qemu-user returns
             // ENOSYS for an ioctl it cannot translate.
             Some(ENOTTY | EINVAL | ENOSYS) => V4l2Error::NotV4l2 {
                 device: path.to_path_buf(),
