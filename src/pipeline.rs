@@ -3,7 +3,7 @@
 use crate::activations::Activations;
 use crate::frame::{FrameBuf, FrameLimits};
 use crate::gate::{Gate, Verdict};
-use crate::model::{InferenceError, Model};
+use crate::model::{InferenceError, Model, NodeTime};
 use crate::score::{top1, Detector, Scorer, ScorerKind};
 use crate::source::raw::{raw_to_frame, RawError};
 use crate::source::{decode_into, DecodeError, Encoding, FileReader, ReadError};
@@ -210,6 +210,15 @@ impl Pipeline {
     pub fn infer_backbone(&mut self) -> Result<(), FrameError> {
         self.model
             .run_backbone(&self.input)
+            .map_err(FrameError::Inference)
+    }
+
+    /// Runs tract on the current input like [`Pipeline::infer_backbone`] and returns each
+    /// node's time; see [`Model::profile_backbone`]. For profiling: allocates one entry per
+    /// node.
+    pub fn profile_backbone(&mut self) -> Result<Vec<NodeTime>, FrameError> {
+        self.model
+            .profile_backbone(&self.input)
             .map_err(FrameError::Inference)
     }
 

@@ -19,11 +19,15 @@ mod backend;
 mod cuda;
 mod head;
 mod metadata;
+mod profile;
+mod qdq;
 
 pub use backend::{Backend, CudaUnavailable};
 pub use cuda::probe_cuda;
 pub use head::HeadSpec;
 pub use metadata::{LABELS_KEY, PREPROCESS_KEY};
+pub use profile::{time_by_op, NodeTime};
+pub use qdq::{FakeQuant, FuseReport};
 
 use crate::activations::{Activations, Head};
 use crate::tensor::{InputTensor, PreprocessSpec};
@@ -182,6 +186,30 @@ pub struct ModelInfo {
     /// True when the graph has QuantizeLinear or DequantizeLinear nodes (a QDQ quantized
     /// model, which tract runs as quantization simulated in `f32`).
     pub qdq: bool,
+    /// Counts of the QDQ rewrite (see [`LoadOptions::fuse_qdq`]), or `None` when it did not
+    /// run.
+    pub qdq_fused: Option<FuseReport>,
+}
+
+/// Options of [`Model::load_opts`] for preparing the backbone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Backend that runs the backbone.
+    pub backend: Backend,
+    /// On the CPU, replace each QuantizeLinear → DequantizeLinear pair of a QDQ graph with
+    /// one in-place op and drop the requantization after zero padding. The features are
+    /// the same bit for bit (see the `qdq` module); only the time changes. On by default;
+    /// off to measure what it saves.
+    pub fuse_qdq: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            backend: Backend::Cpu,
+            fuse_qdq: true,
+        }
+    }
 }
 
 /// A loaded classifier: the optimized backbone, its head, and one reusable tract state.
@@ -219,6 +247,18 @@ impl Model {
     /// The first CUDA load in a process creates the CUDA context, which compiles tract's
     /// kernels with NVRTC, or reads them from the cubin cache (see the crate's README).
     pub fn load_with(path: &Path, backend: Backend) -> Result<Model, ModelError> {
+        Model::load_opts(
+            path,
+            &LoadOptions {
+                backend,
+                ..LoadOptions::default()
+            },
+        )
+    }
+
+    /// Loads the model at `path` like [`Model::load_with`], with every option.
+    pub fn load_opts(path: &Path, options: &LoadOptions) -> Result<Model, ModelError> {
+        let backend = options.backend;
         let tract_error = |phase: &'static str| tract_failure(path, phase);
 
         // Read the file once: for the hash and for the protobuf.
@@ -227,13 +267,15 @@ impl Model {
             source,
         })?;
         let sha256 = hex(&Sha256::digest(&bytes));
-        let proto =
-            onnx()
-                .proto_model_for_read(&mut &bytes[..])
-                .map_err(|e| ModelError::NotOnnx {
-                    path: path.to_path_buf(),
-                    reason: format!("{e:#}"),
-                })?;
+        let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice())
+            .map_err(|e| ModelError::NotOnnx {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+        // The file, the protobuf and tract's graph each hold every weight. Each copy is
+        // dropped as soon as the next exists, so `run`'s peak resident memory stays about two
+        // weight copies lower (docs/benchmarks.md).
+        drop(bytes);
         let Some(graph) = proto.graph.as_ref().filter(|g| !g.node.is_empty()) else {
             return Err(ModelError::NotOnnx {
                 path: path.to_path_buf(),
@@ -247,7 +289,7 @@ impl Model {
             .any(|n| matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear"));
 
         // Find the head, then the class names and preprocessing that go with it.
-        let spec = head::find_head(graph, path)?;
+        let mut spec = head::find_head(graph, path)?;
         let head =
             Head::from_row_major(&spec.weights, &spec.bias, spec.feature_dim).map_err(|e| {
                 ModelError::UnsupportedHead {
@@ -255,6 +297,7 @@ impl Model {
                     reason: e.to_string(),
                 }
             })?;
+        spec.weights = Vec::new();
         let labels = match metadata::labels(&proto, path)? {
             Some(labels) if labels.len() != head.num_classes() => {
                 return Err(ModelError::LabelCount {
@@ -292,6 +335,7 @@ impl Model {
         let size = preprocess.size_px as usize;
         let dir = path.parent().and_then(Path::to_str);
         let parsed = onnx().parse(&proto, dir).map_err(tract_error("parse"))?;
+        drop(proto);
         if !parsed.unresolved_inputs.is_empty() {
             return Err(ModelError::NotOnnx {
                 path: path.to_path_buf(),
@@ -303,9 +347,12 @@ impl Model {
             .with_input_fact(0, f32::fact([1, 3, size, size]).into())
             .and_then(|m| m.with_outputs_by_name([spec.features.as_str()]))
             .map_err(tract_error("set the input and output of"))?;
+        // Only QDQ graphs have pairs to fuse; the rewrite is skipped for the others.
+        let fuse = options.fuse_qdq && qdq;
+        let mut qdq_fused = None;
         let (plan, fallback) = match backend {
-            Backend::Cpu => (plan_for_cpu(model, path)?, None),
-            Backend::Cuda | Backend::Auto => plan_for_cuda(model, path)?,
+            Backend::Cpu => (plan_for_cpu(model, path, fuse, &mut qdq_fused)?, None),
+            Backend::Cuda | Backend::Auto => plan_for_cuda(model, path, fuse, &mut qdq_fused)?,
         };
         if let Some(reason) = &fallback {
             log_fallback(backend, reason, path);
@@ -329,6 +376,7 @@ impl Model {
         }
         let backbone_nodes = plan.model().nodes().len();
         let state = plan.spawn().map_err(tract_error("start"))?;
+        release_freed_memory();
         let input = Arc::new(
             Tensor::zero::<f32>(&[1, 3, size, size]).map_err(tract_error("allocate input for"))?,
         );
@@ -343,6 +391,7 @@ impl Model {
             quantized_head: spec.dequantized,
             backbone_nodes,
             qdq,
+            qdq_fused,
         };
         let backend_in_use = match fallback {
             None if backend != Backend::Cpu => Backend::Cuda,
@@ -394,11 +443,8 @@ impl Model {
         out.finish(&self.head).map_err(InferenceError::NonFinite)
     }
 
-    /// Runs tract on `input` and keeps its outputs until [`Model::copy_features`].
-    ///
-    /// The one per-frame step that allocates: tract allocates each node's output tensor.
-    pub fn run_backbone(&mut self, input: &InputTensor) -> Result<(), InferenceError> {
-        // Write the frame into tract's input tensor in place.
+    /// Writes the frame into tract's input tensor in place.
+    fn fill_input(&mut self, input: &InputTensor) -> Result<(), InferenceError> {
         let tensor = match Arc::get_mut(&mut self.input) {
             Some(tensor) => tensor,
             None => {
@@ -416,7 +462,14 @@ impl Model {
         view.as_slice_mut::<f32>()
             .map_err(InferenceError::tract)?
             .copy_from_slice(input.as_slice());
+        Ok(())
+    }
 
+    /// Runs tract on `input` and keeps its outputs until [`Model::copy_features`].
+    ///
+    /// The one per-frame step that allocates: tract allocates each node's output tensor.
+    pub fn run_backbone(&mut self, input: &InputTensor) -> Result<(), InferenceError> {
+        self.fill_input(input)?;
         self.outputs = self
             .state
             .run(tvec!(TValue::from_const(self.input.clone())))
@@ -450,9 +503,43 @@ fn tract_failure(path: &Path, phase: &'static str) -> impl FnOnce(anyhow::Error)
     }
 }
 
-/// Optimizes the cut backbone for tract's CPU kernels and plans it.
-fn plan_for_cpu(model: InferenceModel, path: &Path) -> Result<Arc<TypedSimplePlan>, ModelError> {
-    model
+/// Optimizes the cut backbone for tract's CPU kernels and plans it; with `fuse`, rewrites
+/// its simulated quantization first and records what changed in `fused`.
+fn plan_for_cpu(
+    model: InferenceModel,
+    path: &Path,
+    fuse: bool,
+    fused: &mut Option<FuseReport>,
+) -> Result<Arc<TypedSimplePlan>, ModelError> {
+    let decluttered = model
+        .into_typed()
+        .and_then(TypedModel::into_decluttered)
+        .map_err(tract_failure(path, "declutter"))?;
+    optimize_decluttered(decluttered, path, fuse, fused)
+}
+
+/// Optimizes and plans a decluttered graph for the CPU: the second half of [`plan_for_cpu`].
+fn optimize_decluttered(
+    mut decluttered: TypedModel,
+    path: &Path,
+    fuse: bool,
+    fused: &mut Option<FuseReport>,
+) -> Result<Arc<TypedSimplePlan>, ModelError> {
+    // The passes so far freed the inference graph; release it before optimizing adds the
+    // packed weights, the peak of the load.
+    release_freed_memory();
+    if fuse {
+        let report =
+            qdq::fuse(&mut decluttered).map_err(tract_failure(path, "rewrite the QDQ nodes of"))?;
+        log::info!(
+            "model {}: {} QuantizeLinear/DequantizeLinear pairs fused, {} requantizations after padding removed",
+            path.display(),
+            report.pairs,
+            report.after_pad
+        );
+        *fused = Some(report);
+    }
+    decluttered
         .into_optimized()
         .map_err(tract_failure(path, "optimize"))?
         .into_runnable()
@@ -467,9 +554,11 @@ fn plan_for_cpu(model: InferenceModel, path: &Path) -> Result<Arc<TypedSimplePla
 fn plan_for_cuda(
     model: InferenceModel,
     path: &Path,
+    fuse: bool,
+    fused: &mut Option<FuseReport>,
 ) -> Result<(Arc<TypedSimplePlan>, Option<CudaUnavailable>), ModelError> {
     if let Err(reason) = probe_cuda() {
-        return Ok((plan_for_cpu(model, path)?, Some(reason)));
+        return Ok((plan_for_cpu(model, path, fuse, fused)?, Some(reason)));
     }
     let decluttered = model
         .into_typed()
@@ -478,12 +567,23 @@ fn plan_for_cuda(
     match cuda::prepare(decluttered.clone()) {
         Ok(plan) => Ok((plan, None)),
         Err(reason) => {
-            let plan = decluttered
-                .into_optimized()
-                .map_err(tract_failure(path, "optimize"))?
-                .into_runnable()
-                .map_err(tract_failure(path, "plan"))?;
+            let plan = optimize_decluttered(decluttered, path, fuse, fused)?;
             Ok((plan, Some(reason)))
+        }
+    }
+}
+
+/// Hands heap pages freed while loading back to the kernel.
+///
+/// Optimizing frees the unpacked weights and many small tensors of the intermediate graphs.
+/// glibc keeps such memory for reuse, so it stays resident; `malloc_trim` releases whole free
+/// pages, which lowers the resident memory of a running `gradgate run` (docs/benchmarks.md).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks glibc's own heap bookkeeping and takes no pointers.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }
