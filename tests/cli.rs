@@ -315,7 +315,8 @@ fn model_without_calibration_asks_for_one() {
 #[test]
 fn calibration_of_another_model_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let other = repo("models/efficientnet-lite0-fp32.calibration.json");
+    // The int8 model's calibration, with the default (fp32) model.
+    let other = repo("models/efficientnet-lite0-int8.calibration.json");
     let output = gradgate(&[
         "run",
         "--calibration",

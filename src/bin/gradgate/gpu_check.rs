@@ -49,7 +49,7 @@ const DEFAULT_IMAGES: [&str; 2] = ["tests/data/id", "tests/data/ood"];
 
 #[derive(Args)]
 pub(crate) struct GpuCheckArgs {
-    /// ONNX model file [default: GRADGATE_MODEL, else the bundled EfficientNet-Lite0 int8]
+    /// ONNX model file [default: GRADGATE_MODEL, else the bundled EfficientNet-Lite0 fp32]
     #[arg(long, value_name = "FILE")]
     model: Option<PathBuf>,
     /// Calibration file whose threshold decides in or out [default: the model path with

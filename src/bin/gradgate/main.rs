@@ -5,6 +5,7 @@
 //! calibration or source) before any frame was scored. `gpu-check` exits 1 when the CPU and
 //! the GPU disagree and 77 when no CUDA device is usable.
 
+mod bench;
 mod boards;
 mod calibrate;
 mod config;
@@ -28,7 +29,17 @@ use std::time::Instant;
 
 /// Model used when neither --model nor GRADGATE_MODEL is given, relative to the working
 /// folder, else to [`INSTALL_DIR`], else to the source tree the binary was built from.
-const BUNDLED_MODEL: &str = "models/efficientnet-lite0-int8.onnx";
+///
+/// The fp32 variant, because under tract 0.23.9 it is the faster of the two bundled variants:
+/// int8 runs as simulated quantization in `f32`, with extra work per layer. Its scores match
+/// the PyTorch reference (docs/benchmarks.md).
+const BUNDLED_MODEL: &str = "models/efficientnet-lite0-fp32.onnx";
+
+/// File names of the bundled model variants, fastest first, for `gradgate bench`.
+const BUNDLED_VARIANTS: [&str; 2] = [
+    "efficientnet-lite0-fp32.onnx",
+    "efficientnet-lite0-int8.onnx",
+];
 
 /// Folder the Debian package installs `models/` and `boards/` into.
 pub(crate) const INSTALL_DIR: &str = "/usr/share/gradgate";
@@ -62,11 +73,14 @@ enum Command {
     /// Run images on the CPU and on the CUDA GPU and compare features, logits, classes,
     /// decisions and speed (exit 0: agree, 1: disagree, 77: no CUDA device).
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// Time each stage of a frame for each model variant and thread count: start-up, decode,
+    /// preprocess, backbone, head, score, peak memory, and per node with --nodes.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
 pub(crate) struct ModelArgs {
-    /// ONNX model file [default: GRADGATE_MODEL, else the bundled EfficientNet-Lite0 int8]
+    /// ONNX model file [default: GRADGATE_MODEL, else the bundled EfficientNet-Lite0 fp32]
     #[arg(long, value_name = "FILE")]
     pub(crate) model: Option<PathBuf>,
     /// Threads for tract's matrix products and element-wise ops, from 1 to 4 × the CPU cores
@@ -138,6 +152,7 @@ fn main() -> ExitCode {
         Command::Fit(args) => fit::fit_command(args),
         Command::Boards(args) => boards::boards_command(args),
         Command::GpuCheck(args) => gpu_check::gpu_check(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match outcome {
         Ok(Outcome::AllFrames) => ExitCode::SUCCESS,
@@ -217,6 +232,27 @@ impl ModelArgs {
         );
         Ok(model)
     }
+}
+
+/// Returns the bundled model variants that exist, in the folder [`bundled_model`] would use
+/// when GRADGATE_MODEL is unset.
+pub(crate) fn bundled_variants() -> Vec<PathBuf> {
+    let folder = [
+        PathBuf::from(BUNDLED_MODEL),
+        Path::new(INSTALL_DIR).join(BUNDLED_MODEL),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_MODEL),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .and_then(|p| p.parent().map(Path::to_path_buf));
+    let Some(folder) = folder else {
+        return Vec::new();
+    };
+    BUNDLED_VARIANTS
+        .iter()
+        .map(|name| folder.join(name))
+        .filter(|p| p.exists())
+        .collect()
 }
 
 fn bundled_model() -> PathBuf {

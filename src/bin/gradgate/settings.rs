@@ -223,7 +223,7 @@ impl RunSettings {
 }
 
 /// Returns the CPU cores this process may use, 1 when unknown.
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 

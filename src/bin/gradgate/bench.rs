@@ -1,0 +1,494 @@
+//! `gradgate bench`: the per-frame cost of each model variant and thread count on this
+//! machine, with the same binary that runs on the board.
+//!
+//! Each variant runs in a child process (this binary with a hidden `--child` flag), so that
+//! start-up time and peak resident memory are those of a fresh `gradgate run`. The parent
+//! measures from spawning the child to the child's "first frame" line, so the time includes
+//! process start, model load and the first frame. The child measures the stages of the
+//! following frames and reports them as one JSON line.
+
+use crate::settings;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use gradgate::frame::FrameLimits;
+use gradgate::model::{time_by_op, LoadOptions, NodeTime};
+use gradgate::{Gate, Model, Pipeline, Scorer, ScorerKind};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The frame timed when no image is given: a 320 × 240 JPEG photo of an espresso cup from
+/// tests/data (credited in tests/data/ATTRIBUTION.md), built into the binary so that the
+/// command needs nothing but the model on a board.
+const BUILT_IN_IMAGE: &[u8] = include_bytes!("../../../tests/data/id/espresso-cup.jpg");
+
+/// Line the child prints once its first frame is scored.
+const FIRST_FRAME_LINE: &str = "first-frame";
+
+/// Frames run before timing starts in each child: the first frames fault in tract's buffers.
+const WARM_UP_FRAMES: usize = 3;
+
+/// Runs of the GradNorm closed form timed together, so that the clock's resolution (tens of
+/// nanoseconds) is small against the total.
+const GRADNORM_REPEATS: u32 = 2000;
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// ONNX model file to time; repeat for several [default: the bundled fp32 and int8 models]
+    #[arg(long, value_name = "FILE")]
+    model: Vec<PathBuf>,
+    /// Thread counts to time, comma-separated, each from 1 to 4 × the CPU cores [default: 1
+    /// and the number of CPU cores]
+    #[arg(long, value_name = "N,N,…", value_delimiter = ',', value_parser = settings::parse_threads)]
+    threads: Vec<usize>,
+    /// Timed frames per model and thread count, after 3 warm-up frames
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    frames: u32,
+    /// Also time each backbone node and print the N most expensive operators and nodes
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    nodes: usize,
+    /// Output: a text table, or one JSON object per model and thread count
+    #[arg(long, value_enum, default_value_t = BenchFormat::Text)]
+    format: BenchFormat,
+    /// Image to time (JPEG, PNG or WebP), decoded from memory every frame [default: a
+    /// 320 × 240 JPEG photo built into the binary]
+    #[arg(value_name = "IMAGE")]
+    image: Option<PathBuf>,
+    /// Run QDQ (int8) models as tract builds them, without gradgate's fusion of their
+    /// QuantizeLinear/DequantizeLinear pairs, to measure what the fusion saves
+    #[arg(long)]
+    no_qdq_fusion: bool,
+    /// Internal: run one model and thread count and print the result as JSON.
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchFormat {
+    Text,
+    Json,
+}
+
+/// One model and thread count, as the child reports it. Times in milliseconds unless the
+/// name says otherwise; stage times are medians over the timed frames.
+#[derive(Serialize, Deserialize)]
+struct Measurement {
+    model: String,
+    threads: usize,
+    /// True when QuantizeLinear/DequantizeLinear pairs were fused (QDQ models only).
+    qdq_fused: bool,
+    frames: usize,
+    /// Filled in by the parent: from spawning the child to its first scored frame.
+    start_to_first_frame_ms: Option<f64>,
+    load_ms: f64,
+    decode_ms: f64,
+    preprocess_ms: f64,
+    backbone_ms: f64,
+    /// Copying the features out of tract, `W·h + b`, `‖h‖₁` and the finiteness checks.
+    head_ms: f64,
+    /// Scoring with GradNorm and the gate's decision.
+    score_gate_ms: f64,
+    frame_median_ms: f64,
+    frame_p90_ms: f64,
+    /// The GradNorm closed form alone on cached activations, in microseconds.
+    gradnorm_us: f64,
+    /// Peak resident memory of the whole child process (the larger of the two below).
+    peak_rss_mib: Option<f64>,
+    /// Peak resident memory up to the end of the first frame: loading and optimizing the
+    /// model, the first inference.
+    peak_rss_load_mib: Option<f64>,
+    /// Peak resident memory while the timed frames ran, measured from the end of the first
+    /// frame; `None` where the kernel cannot reset the peak (before Linux 4.0).
+    peak_rss_frames_mib: Option<f64>,
+    /// The most expensive operators: (operator, nodes, milliseconds per frame).
+    #[serde(default)]
+    ops: Vec<(String, usize, f64)>,
+    /// The most expensive nodes: (node, operator, milliseconds per frame).
+    #[serde(default)]
+    top_nodes: Vec<(String, String, f64)>,
+}
+
+pub(crate) fn bench(args: BenchArgs) -> Result<crate::Outcome> {
+    if args.child {
+        return child(&args).map(|()| crate::Outcome::AllFrames);
+    }
+    let models = if args.model.is_empty() {
+        crate::bundled_variants()
+    } else {
+        args.model.clone()
+    };
+    if models.is_empty() {
+        bail!("no bundled model found; give one with --model FILE");
+    }
+    for model in &models {
+        if !model.is_file() {
+            bail!(
+                "model {} is not a file; give an ONNX file with --model",
+                model.display()
+            );
+        }
+    }
+    if let Some(image) = &args.image {
+        std::fs::metadata(image)
+            .with_context(|| format!("cannot read image {}", image.display()))?;
+    }
+    let threads = if args.threads.is_empty() {
+        let cores = settings::cores();
+        if cores > 1 {
+            vec![1, cores]
+        } else {
+            vec![1]
+        }
+    } else {
+        args.threads.clone()
+    };
+
+    let exe = std::env::current_exe()
+        .context("cannot find this program's path to start the benchmark runs")?;
+    let mut results = Vec::new();
+    for model in &models {
+        for &n in &threads {
+            log::info!("bench: {} on {n} thread(s)", model.display());
+            let result = run_child(&exe, &args, model, n)?;
+            if args.format == BenchFormat::Json {
+                println!("{}", serde_json::to_string(&result)?);
+            }
+            results.push(result);
+        }
+    }
+    if args.format == BenchFormat::Text {
+        print_table(&results, &args);
+    }
+    Ok(crate::Outcome::AllFrames)
+}
+
+/// Starts one child, times it to its first frame and reads its measurement.
+fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Result<Measurement> {
+    let mut command = Command::new(exe);
+    command
+        .arg("bench")
+        .arg("--child")
+        .arg("--model")
+        .arg(model)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--frames")
+        .arg(args.frames.to_string())
+        .arg("--nodes")
+        .arg(args.nodes.to_string());
+    if args.no_qdq_fusion {
+        command.arg("--no-qdq-fusion");
+    }
+    if let Some(image) = &args.image {
+        command.arg(image);
+    }
+    let started = Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut first_frame = None;
+    let mut measurement = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("cannot read the benchmark run's output")?;
+        if line == FIRST_FRAME_LINE {
+            first_frame = Some(started.elapsed());
+        } else if !line.is_empty() {
+            measurement = Some(line);
+        }
+    }
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        // The child's stderr carries only warnings; a read failure loses nothing measured.
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let status = child.wait().context("cannot wait for the benchmark run")?;
+    if !status.success() {
+        bail!(
+            "the benchmark run of {} on {threads} thread(s) failed ({status}): {}",
+            model.display(),
+            stderr.trim()
+        );
+    }
+    let line = measurement.context("the benchmark run printed no result")?;
+    let mut result: Measurement =
+        serde_json::from_str(&line).context("cannot parse the benchmark run's result")?;
+    result.start_to_first_frame_ms = first_frame.map(ms);
+    Ok(result)
+}
+
+/// The child: loads the model, scores one frame, reports, then times the stages.
+fn child(args: &BenchArgs) -> Result<()> {
+    let [model_path] = args.model.as_slice() else {
+        bail!("--child takes exactly one --model");
+    };
+    let threads = args.threads.first().copied().unwrap_or(1);
+    settings::install_threads(threads)?;
+    let (image, image_name) = match &args.image {
+        Some(path) => (
+            std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (BUILT_IN_IMAGE.to_vec(), "the built-in image".to_string()),
+    };
+
+    let started = Instant::now();
+    let options = LoadOptions {
+        fuse_qdq: !args.no_qdq_fusion,
+        ..LoadOptions::default()
+    };
+    let model = Model::load_opts(model_path, &options)?;
+    let qdq_fused = model.info().qdq_fused.is_some();
+    let load = started.elapsed();
+    let scorer = Scorer::new(ScorerKind::GradNorm);
+    let mut pipeline = Pipeline::new(model, scorer, Gate::new(f32::MAX), FrameLimits::default());
+    let frame = |pipeline: &mut Pipeline| -> Result<()> {
+        pipeline.decode(&image).with_context(|| {
+            format!("cannot decode {image_name}; give a JPEG, PNG or WebP image")
+        })?;
+        pipeline.preprocess();
+        pipeline.infer()?;
+        pipeline.decide();
+        Ok(())
+    };
+    frame(&mut pipeline)?;
+    let peak_rss_load_mib = peak_rss_mib();
+    let frames_peak_measurable = reset_peak_rss();
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{FIRST_FRAME_LINE}")?;
+    stdout.flush()?;
+    for _ in 1..WARM_UP_FRAMES {
+        frame(&mut pipeline)?;
+    }
+
+    // Time each stage of every frame.
+    let frames = args.frames as usize;
+    let mut stages: [Vec<Duration>; 6] = Default::default();
+    for _ in 0..frames {
+        let mut lap = Instant::now();
+        let mut mark = |stage: &mut Vec<Duration>| {
+            let now = Instant::now();
+            stage.push(now - lap);
+            lap = now;
+        };
+        pipeline.decode(&image)?;
+        mark(&mut stages[0]);
+        pipeline.preprocess();
+        mark(&mut stages[1]);
+        pipeline.infer_backbone()?;
+        mark(&mut stages[2]);
+        pipeline.cache_activations()?;
+        mark(&mut stages[3]);
+        std::hint::black_box(pipeline.decide());
+        mark(&mut stages[4]);
+    }
+    let whole: Vec<Duration> = (0..frames)
+        .map(|i| stages[..5].iter().map(|s| s[i]).sum())
+        .collect();
+    stages[5] = whole;
+
+    // The GradNorm closed form alone, many times over the same activations.
+    let timer = Instant::now();
+    for _ in 0..GRADNORM_REPEATS {
+        std::hint::black_box(scorer.score(std::hint::black_box(pipeline.activations())));
+    }
+    let gradnorm_us = timer.elapsed().as_secs_f64() * 1e6 / f64::from(GRADNORM_REPEATS);
+
+    let (ops, top_nodes) = if args.nodes > 0 {
+        profile_nodes(&mut pipeline, &image, args.nodes)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+
+    let result = Measurement {
+        model: model_path.display().to_string(),
+        threads,
+        qdq_fused,
+        frames,
+        start_to_first_frame_ms: None,
+        load_ms: ms(load),
+        decode_ms: median_ms(&stages[0]),
+        preprocess_ms: median_ms(&stages[1]),
+        backbone_ms: median_ms(&stages[2]),
+        head_ms: median_ms(&stages[3]),
+        score_gate_ms: median_ms(&stages[4]),
+        frame_median_ms: median_ms(&stages[5]),
+        frame_p90_ms: quantile_ms(&stages[5], 0.9),
+        gradnorm_us,
+        peak_rss_mib: match (peak_rss_load_mib, peak_rss_mib()) {
+            (Some(load), Some(now)) => Some(load.max(now)),
+            (load, now) => load.or(now),
+        },
+        peak_rss_load_mib,
+        peak_rss_frames_mib: if frames_peak_measurable {
+            peak_rss_mib()
+        } else {
+            None
+        },
+        ops,
+        top_nodes,
+    };
+    writeln!(stdout, "{}", serde_json::to_string(&result)?)?;
+    Ok(())
+}
+
+type OpTimes = Vec<(String, usize, f64)>;
+type NodeTimes = Vec<(String, String, f64)>;
+
+/// Frames profiled per node; their times are averaged.
+const PROFILED_FRAMES: usize = 5;
+
+/// Times every backbone node over a few frames; returns the `top` costliest operators and
+/// nodes, in milliseconds per frame.
+fn profile_nodes(
+    pipeline: &mut Pipeline,
+    image: &[u8],
+    top: usize,
+) -> Result<(OpTimes, NodeTimes)> {
+    pipeline.decode(image)?;
+    pipeline.preprocess();
+    let mut total: Vec<NodeTime> = Vec::new();
+    for _ in 0..PROFILED_FRAMES {
+        let times = pipeline.profile_backbone()?;
+        pipeline.cache_activations()?;
+        if total.is_empty() {
+            total = times;
+        } else {
+            for (sum, t) in total.iter_mut().zip(times) {
+                sum.elapsed += t.elapsed;
+            }
+        }
+    }
+    let per_frame = |d: Duration| ms(d) / PROFILED_FRAMES as f64;
+    let ops = time_by_op(&total)
+        .into_iter()
+        .take(top)
+        .map(|(op, count, d)| (op, count, per_frame(d)))
+        .collect();
+    total.sort_by_key(|t| std::cmp::Reverse(t.elapsed));
+    let nodes = total
+        .into_iter()
+        .take(top)
+        .map(|t| (t.name, t.op, per_frame(t.elapsed)))
+        .collect();
+    Ok((ops, nodes))
+}
+
+/// Peak resident memory of this process (VmHWM), from /proc; `None` where that is missing.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets the kernel's peak resident memory counter (VmHWM) to the current value; false
+/// where that is not supported.
+fn reset_peak_rss() -> bool {
+    // "5" resets the peak RSS counter (Documentation/filesystems/proc.rst, clear_refs).
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median_ms(times: &[Duration]) -> f64 {
+    quantile_ms(times, 0.5)
+}
+
+/// The `q` quantile by the nearest-rank method.
+fn quantile_ms(times: &[Duration], q: f64) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    ms(sorted[rank - 1])
+}
+
+fn print_table(results: &[Measurement], args: &BenchArgs) {
+    let image = args.image.as_ref().map_or_else(
+        || "built-in 320×240 JPEG".to_string(),
+        |p| p.display().to_string(),
+    );
+    println!(
+        "gradgate {} on {} ({} CPU cores), image {image}, {} frames after {WARM_UP_FRAMES} warm-up; medians in ms",
+        env!("CARGO_PKG_VERSION"),
+        cpu_name(),
+        settings::cores(),
+        args.frames,
+    );
+    println!();
+    println!(
+        "| model | threads | start to first frame | decode | preprocess | backbone | head | score + gate | frame | frame p90 | frames/s | GradNorm | GradNorm share | peak RSS: load / frames |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in results {
+        let name = Path::new(&r.model)
+            .file_name()
+            .map_or(r.model.clone(), |n| n.to_string_lossy().into_owned());
+        let name = if args.no_qdq_fusion {
+            format!("{name} (QDQ not fused)")
+        } else {
+            name
+        };
+        let start = r
+            .start_to_first_frame_ms
+            .map_or("?".into(), |v| format!("{v:.0}"));
+        let rss_load = r
+            .peak_rss_load_mib
+            .map_or("?".into(), |v| format!("{v:.1}"));
+        let rss_frames = r
+            .peak_rss_frames_mib
+            .map_or("?".into(), |v| format!("{v:.1}"));
+        println!(
+            "| {name} | {} | {start} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1} | {:.1} µs | {:.3}% | {rss_load} / {rss_frames} MiB |",
+            r.threads,
+            r.decode_ms,
+            r.preprocess_ms,
+            r.backbone_ms,
+            r.head_ms,
+            r.score_gate_ms,
+            r.frame_median_ms,
+            r.frame_p90_ms,
+            1e3 / r.frame_median_ms,
+            r.gradnorm_us,
+            r.gradnorm_us / 1e3 / r.frame_median_ms * 100.0,
+        );
+    }
+    for r in results.iter().filter(|r| !r.ops.is_empty()) {
+        println!();
+        println!(
+            "{} on {} thread(s): costliest operators, ms per frame (backbone {:.2} ms)",
+            r.model, r.threads, r.backbone_ms
+        );
+        println!();
+        println!("| operator | nodes | ms | share of backbone |");
+        println!("|---|---|---|---|");
+        for (op, count, t) in &r.ops {
+            println!(
+                "| {op} | {count} | {t:.3} | {:.1}% |",
+                t / r.backbone_ms * 100.0
+            );
+        }
+        println!();
+        println!("| node | operator | ms |");
+        println!("|---|---|---|");
+        for (node, op, t) in &r.top_nodes {
+            println!("| {node} | {op} | {t:.3} |");
+        }
+    }
+}
+
+/// The CPU's model name from /proc/cpuinfo, else the architecture.
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("model name") || l.starts_with("Model"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
