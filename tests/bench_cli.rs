@@ -270,3 +270,30 @@ fn zero_threads_is_rejected() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("'0'"), "{}", stderr(&output));
 }
+
+#[test]
+fn verbose_child_logs_do_not_block() {
+    // At debug level tract logs every optimization pass, far more than a pipe buffer holds.
+    let output = Command::new(env!("CARGO_BIN_EXE_gradgate"))
+        .args([
+            "bench",
+            "--format",
+            "json",
+            "--frames",
+            "1",
+            "--threads",
+            "1",
+        ])
+        .args(["--model", "models/efficientnet-lite0-fp32.onnx"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        output.stderr.len() > 65536,
+        "only {} bytes of log",
+        output.stderr.len()
+    );
+    assert_eq!(measurements(&output).len(), 1);
+}

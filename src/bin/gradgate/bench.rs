@@ -191,6 +191,15 @@ fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Resu
         .spawn()
         .with_context(|| format!("cannot start {}", exe.display()))?;
     let stdout = child.stdout.take().expect("stdout is piped");
+    // stderr is drained on its own thread: a child logging more than a pipe holds (RUST_LOG
+    // at debug) would otherwise block while this thread waits for its stdout.
+    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        // A read failure loses only the child's log lines, not its measurement.
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
     let mut first_frame = None;
     let mut measurement = None;
     for line in BufReader::new(stdout).lines() {
@@ -201,13 +210,12 @@ fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Resu
             measurement = Some(line);
         }
     }
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        // The child's stderr carries only warnings; a read failure loses nothing measured.
-        let _ = pipe.read_to_string(&mut stderr);
-    }
+    let stderr = stderr_reader.join().unwrap_or_default();
     let status = child.wait().context("cannot wait for the benchmark run")?;
-    if !status.success() {
+    if status.success() {
+        // Warnings of a run that succeeded, such as a model without gradgate's metadata.
+        eprint!("{stderr}");
+    } else {
         bail!(
             "the benchmark run of {} on {threads} thread(s) failed ({status}): {}",
             model.display(),

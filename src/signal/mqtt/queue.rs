@@ -850,6 +850,9 @@ fn validate_name(name: &str) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// Attempts at a lock held under this process's own id before it counts as held (10 ms apart).
+const OWN_LOCK_RETRIES: u32 = 100;
+
 /// Opens and locks `lock_path`, then writes this process's id into it for the error message
 /// of a second opener.
 fn lock_queue(lock_path: &Path, queue_path: &Path) -> Result<File, QueueError> {
@@ -864,25 +867,38 @@ fn lock_queue(lock_path: &Path, queue_path: &Path) -> Result<File, QueueError> {
             error,
         })?;
 
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let holder_pid = lock
-                .read_to_string(&mut text)
-                .ok()
-                .and_then(|_| text.trim().parse().ok());
-            return Err(QueueError::Locked {
-                path: queue_path.to_path_buf(),
-                lock_path: lock_path.to_path_buf(),
-                holder_pid,
-            });
-        }
-        Err(TryLockError::Error(error)) => {
-            return Err(QueueError::Lock {
-                path: lock_path.to_path_buf(),
-                error,
-            });
+    // A lock that names this process may be held only by a child another thread is
+    // starting: the child shares the open lock file until its exec closes it. That clears
+    // within milliseconds as a rule, so such a lock is retried for up to `OWN_LOCK_RETRIES` × 10 ms
+    // before it is reported.
+    let mut own_lock_retries = 0;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                lock.seek(SeekFrom::Start(0)).ok();
+                let holder_pid = lock
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
+                if holder_pid == Some(std::process::id()) && own_lock_retries < OWN_LOCK_RETRIES {
+                    own_lock_retries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                return Err(QueueError::Locked {
+                    path: queue_path.to_path_buf(),
+                    lock_path: lock_path.to_path_buf(),
+                    holder_pid,
+                });
+            }
+            Err(TryLockError::Error(error)) => {
+                return Err(QueueError::Lock {
+                    path: lock_path.to_path_buf(),
+                    error,
+                });
+            }
         }
     }
 
