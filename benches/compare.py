@@ -110,7 +110,10 @@ def run_gradgate(binary: Path, threads: list[int], frames: int) -> list[dict]:
     for path in MODELS.values():
         command += ["--model", str(path)]
     command.append(str(IMAGE))
-    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"error: {' '.join(command)} failed ({done.returncode}):\n{done.stderr.strip()}")
+    out = done.stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -137,14 +140,38 @@ def commit() -> str:
         return "unknown"
 
 
+def thread_list(text: str) -> list[int]:
+    """Parse --threads: comma-separated whole numbers from 1 up."""
+    try:
+        threads = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of thread counts") from None
+    if not threads or min(threads) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': thread counts start at 1")
+    return threads
+
+
+def positive(text: str) -> int:
+    """Parse a whole number from 1 up."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 up")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gradgate", type=Path, default=REPO / "target" / "release" / "gradgate")
-    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    parser.add_argument("--repeats", type=int, default=30, help="timed runs per measurement")
+    parser.add_argument("--threads", type=thread_list, default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--repeats", type=positive, default=30, help="timed runs per measurement")
     parser.add_argument("--write", action="store_true", help="replace the table in docs/benchmarks.md")
     args = parser.parse_args()
-    threads = [int(t) for t in args.threads.split(",")]
+    threads = args.threads
+    # The gradgate runs start in the repository root, so a relative path is resolved here.
+    args.gradgate = args.gradgate.resolve()
     if not args.gradgate.is_file():
         print(f"error: {args.gradgate} not found; run `cargo build --release` first", file=sys.stderr)
         return 2
@@ -185,7 +212,7 @@ def main() -> int:
         f"| commit | {commit()} |",
         f"| machine | {machine()} |",
         f"| software | Python {platform.python_version()}, onnxruntime {ort.__version__}, torch {torch.__version__} (CPU), gradgate release build |",
-        f"| command | `python benches/compare.py --threads {args.threads} --repeats {args.repeats} --write` |",
+        f"| command | `python benches/compare.py {' '.join(sys.argv[1:])}` |",
         f"| image | `tests/data/id/espresso-cup.jpg` (320 × 240 JPEG) |",
         "",
         f"GradNorm check: autograd {autograd:.6g}, closed form {closed:.6g}, relative difference {relative:.1e}.",

@@ -297,3 +297,54 @@ fn verbose_child_logs_do_not_block() {
     );
     assert_eq!(measurements(&output).len(), 1);
 }
+
+#[test]
+fn failed_model_keeps_the_other_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"not a model").unwrap();
+    let output = gradgate(&[
+        "--frames",
+        "1",
+        "--threads",
+        "1",
+        "--model",
+        "models/efficientnet-lite0-fp32.onnx",
+        "--model",
+        garbage.to_str().unwrap(),
+    ]);
+    // Exit 1: some runs failed, the others are reported.
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = String::from_utf8(output.stdout.clone()).unwrap();
+    assert!(
+        text.contains("| efficientnet-lite0-fp32.onnx | 1 |"),
+        "{text}"
+    );
+    assert!(
+        stderr(&output).contains("garbage.onnx"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn oversized_image_suggests_the_bench_limits() {
+    let image = "tests/data/id/espresso-cup.jpg";
+    let small = gradgate(&[
+        "--frames",
+        "1",
+        "--threads",
+        "1",
+        "--max-side-px",
+        "100",
+        "--model",
+        "models/efficientnet-lite0-fp32.onnx",
+        image,
+    ]);
+    assert_eq!(small.status.code(), Some(2));
+    assert!(
+        stderr(&small).contains("--max-side-px"),
+        "{}",
+        stderr(&small)
+    );
+}

@@ -13,9 +13,9 @@
 //!    For finite inputs this equals tract's pair bit for bit: rounding is monotone and the
 //!    clamp bounds are integers, so clamping before rounding gives the same integer, and
 //!    that integer times `s` is the pair's `(q − z) · s`.
-//! 2. `FakeQuant → Pad(0) → FakeQuant` with equal parameters loses its second `FakeQuant`: a
-//!    value already on the grid `s·ℤ` within range maps to itself, and so does the padding
-//!    zero. The `Pad` then sits right before its convolution, which absorbs it.
+//! 2. `FakeQuant → Pad(0) → FakeQuant` with equal parameters loses its second `FakeQuant`
+//!    when the first maps every value of its output grid to itself, which
+//!    [`FakeQuant::is_idempotent`] checks. The padding zero always maps to itself. The `Pad` then sits right before its convolution, which absorbs it.
 //!
 //! The scores of a rewritten model equal those of the unmodified graph; tests/qdq.rs checks
 //! this on the bundled images. Activations where `|x / s|` reaches 2³¹ differ: tract's
@@ -56,6 +56,22 @@ impl FakeQuant {
             min: (lo - zero_point) as f32,
             max: (hi - zero_point) as f32,
         }
+    }
+
+    /// Returns true when every value on this op's output grid maps to itself, so applying the
+    /// op twice equals applying it once. Holds when the quantizer's `1 / s` and the
+    /// dequantizer's `s` belong together. A graph may pair a quantizer and a dequantizer of
+    /// different scales, and then it fails.
+    pub fn is_idempotent(&self) -> bool {
+        // min and max are small integers (at most 255 apart), so this is at most 256 values.
+        let grid: Vec<f32> = (self.min as i32..=self.max as i32)
+            .map(|q| q as f32 * self.scale)
+            .collect();
+        let mut mapped = grid.clone();
+        self.apply(&mut mapped);
+        grid.iter()
+            .zip(&mapped)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
     }
 
     /// Applies the op to `xs` in place.
@@ -184,7 +200,8 @@ fn next_requant_after_pad(model: &TypedModel) -> TractResult<Option<(usize, usiz
         let Some(second_node) = model.single_succ(pad_node.id)? else {
             continue;
         };
-        if fake_quant(second_node).as_ref() == Some(&first) {
+        // Dropping the second op is exact only when the first op's outputs are its fixed points.
+        if fake_quant(second_node).as_ref() == Some(&first) && first.is_idempotent() {
             return Ok(Some((pad_node.id, second_node.id)));
         }
     }
@@ -271,6 +288,21 @@ mod tests {
         let mut twice = once.clone();
         op.apply(&mut twice);
         assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn matching_scales_are_idempotent() {
+        for (scale, zero_point) in [(0.0235, 0), (0.1171875, 17), (3.0, 255), (0.05, 128)] {
+            let op = FakeQuant::new(1.0 / scale, scale, zero_point, 0, 255);
+            assert!(op.is_idempotent(), "scale {scale}, zero point {zero_point}");
+        }
+    }
+
+    #[test]
+    fn mismatched_scales_are_not_idempotent() {
+        // Quantizer scale 0.05, dequantizer scale 0.1: a valid graph, but q · 0.1 / 0.05 = 2q.
+        let op = FakeQuant::new(1.0 / 0.05, 0.1, 0, 0, 255);
+        assert!(!op.is_idempotent());
     }
 
     #[test]

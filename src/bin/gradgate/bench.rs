@@ -10,8 +10,9 @@
 use crate::settings;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use gradgate::frame::FrameLimits;
+use gradgate::frame::{FrameBuf, FrameLimits};
 use gradgate::model::{time_by_op, LoadOptions, NodeTime};
+use gradgate::source::decode_into;
 use gradgate::{Gate, Model, Pipeline, Scorer, ScorerKind};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,7 +37,8 @@ const GRADNORM_REPEATS: u32 = 2000;
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// ONNX model file to time; repeat for several [default: the bundled fp32 and int8 models]
+    /// ONNX model file to time; repeat for several [default: GRADGATE_MODEL, else the bundled
+    /// fp32 and int8 models]
     #[arg(long, value_name = "FILE")]
     model: Vec<PathBuf>,
     /// Thread counts to time, comma-separated, each from 1 to 4 × the CPU cores [default: 1
@@ -60,6 +62,14 @@ pub(crate) struct BenchArgs {
     /// QuantizeLinear/DequantizeLinear pairs, to measure what the fusion saves
     #[arg(long)]
     no_qdq_fusion: bool,
+    /// Largest accepted image width or height, in pixels (at most 65535)
+    #[arg(long, default_value_t = FrameLimits::default().max_side_px,
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    max_side_px: u32,
+    /// Largest accepted width × height, in pixels (at most 268435456)
+    #[arg(long, default_value_t = FrameLimits::default().max_pixels,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 28))]
+    max_pixels: u64,
     /// Internal: run one model and thread count and print the result as JSON.
     #[arg(long, hide = true)]
     child: bool,
@@ -77,6 +87,9 @@ enum BenchFormat {
 struct Measurement {
     model: String,
     threads: usize,
+    /// True when the model is a QDQ graph (QuantizeLinear/DequantizeLinear nodes).
+    #[serde(default)]
+    qdq: bool,
     /// True when QuantizeLinear/DequantizeLinear pairs were fused (QDQ models only).
     qdq_fused: bool,
     frames: usize,
@@ -100,9 +113,9 @@ struct Measurement {
     /// model, the first inference.
     peak_rss_load_mib: Option<f64>,
     /// Peak resident memory while the timed frames ran, measured from the end of the first
-    /// frame; `None` where the kernel cannot reset the peak (before Linux 4.0).
+    /// frame. `None` where the kernel cannot reset the peak (before Linux 4.0).
     peak_rss_frames_mib: Option<f64>,
-    /// The most expensive operators: (operator, nodes, milliseconds per frame).
+    /// The costliest operators: (operator, nodes, milliseconds per frame).
     #[serde(default)]
     ops: Vec<(String, usize, f64)>,
     /// The most expensive nodes: (node, operator, milliseconds per frame).
@@ -114,15 +127,21 @@ pub(crate) fn bench(args: BenchArgs) -> Result<crate::Outcome> {
     if args.child {
         return child(&args).map(|()| crate::Outcome::AllFrames);
     }
-    let models = if args.model.is_empty() {
-        crate::bundled_variants()
-    } else {
-        args.model.clone()
+    let models = match (args.model.is_empty(), std::env::var_os("GRADGATE_MODEL")) {
+        (false, _) => args.model.clone(),
+        (true, Some(path)) => vec![PathBuf::from(path)],
+        (true, None) => crate::bundled_variants(),
     };
     if models.is_empty() {
         bail!("no bundled model found; give one with --model FILE");
     }
     for model in &models {
+        if !model.exists() {
+            bail!(
+                "model {} not found; give an ONNX file with --model",
+                model.display()
+            );
+        }
         if !model.is_file() {
             bail!(
                 "model {} is not a file; give an ONNX file with --model",
@@ -130,9 +149,12 @@ pub(crate) fn bench(args: BenchArgs) -> Result<crate::Outcome> {
             );
         }
     }
-    if let Some(image) = &args.image {
-        std::fs::metadata(image)
-            .with_context(|| format!("cannot read image {}", image.display()))?;
+    // A bad image fails every run the same way, so it is checked once, before any model loads.
+    if let Some(path) = &args.image {
+        let bytes = read_image(path, &args.limits())?;
+        let mut frame = FrameBuf::new(args.limits().pixel_buffer_bytes());
+        decode_into(&bytes, &args.limits(), &mut frame)
+            .map_err(|e| anyhow::anyhow!("cannot decode image {}: {e}", path.display()))?;
     }
     let threads = if args.threads.is_empty() {
         let cores = settings::cores();
@@ -147,21 +169,38 @@ pub(crate) fn bench(args: BenchArgs) -> Result<crate::Outcome> {
 
     let exe = std::env::current_exe()
         .context("cannot find this program's path to start the benchmark runs")?;
+    // A run that fails is reported and the others go on, so one bad model loses nothing.
     let mut results = Vec::new();
+    let mut failures = Vec::new();
     for model in &models {
         for &n in &threads {
             log::info!("bench: {} on {n} thread(s)", model.display());
-            let result = run_child(&exe, &args, model, n)?;
-            if args.format == BenchFormat::Json {
-                println!("{}", serde_json::to_string(&result)?);
+            match run_child(&exe, &args, model, n) {
+                Ok(result) => {
+                    if args.format == BenchFormat::Json {
+                        println!("{}", serde_json::to_string(&result)?);
+                    }
+                    results.push(result);
+                }
+                Err(err) => {
+                    log::error!(
+                        "bench: {} on {n} thread(s) failed: {err:#}",
+                        model.display()
+                    );
+                    eprintln!("gradgate: error: {err:#}");
+                    failures.push(err);
+                }
             }
-            results.push(result);
         }
     }
-    if args.format == BenchFormat::Text {
+    if args.format == BenchFormat::Text && !results.is_empty() {
         print_table(&results, &args);
     }
-    Ok(crate::Outcome::AllFrames)
+    match (results.is_empty(), failures.pop()) {
+        (_, None) => Ok(crate::Outcome::AllFrames),
+        (true, Some(err)) => Err(err.context("every benchmark run failed")),
+        (false, Some(_)) => Ok(crate::Outcome::SomeSkipped),
+    }
 }
 
 /// Starts one child, times it to its first frame and reads its measurement.
@@ -216,10 +255,15 @@ fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Resu
         // Warnings of a run that succeeded, such as a model without gradgate's metadata.
         eprint!("{stderr}");
     } else {
+        // The child prints its error as gradgate does; keep only the message.
+        let message = stderr
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix("gradgate: error: "))
+            .unwrap_or(stderr.trim());
         bail!(
-            "the benchmark run of {} on {threads} thread(s) failed ({status}): {}",
-            model.display(),
-            stderr.trim()
+            "benchmark run of {} on {threads} thread(s) failed ({status}): {message}",
+            model.display()
         );
     }
     let line = measurement.context("the benchmark run printed no result")?;
@@ -234,11 +278,12 @@ fn child(args: &BenchArgs) -> Result<()> {
     let [model_path] = args.model.as_slice() else {
         bail!("--child takes exactly one --model");
     };
+    stop_with_parent();
     let threads = args.threads.first().copied().unwrap_or(1);
     settings::install_threads(threads)?;
     let (image, image_name) = match &args.image {
         Some(path) => (
-            std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?,
+            read_image(path, &args.limits())?,
             path.display().to_string(),
         ),
         None => (BUILT_IN_IMAGE.to_vec(), "the built-in image".to_string()),
@@ -253,11 +298,12 @@ fn child(args: &BenchArgs) -> Result<()> {
     let qdq_fused = model.info().qdq_fused.is_some();
     let load = started.elapsed();
     let scorer = Scorer::new(ScorerKind::GradNorm);
-    let mut pipeline = Pipeline::new(model, scorer, Gate::new(f32::MAX), FrameLimits::default());
+    let qdq = model.info().qdq;
+    let mut pipeline = Pipeline::new(model, scorer, Gate::new(f32::MAX), args.limits());
     let frame = |pipeline: &mut Pipeline| -> Result<()> {
-        pipeline.decode(&image).with_context(|| {
-            format!("cannot decode {image_name}; give a JPEG, PNG or WebP image")
-        })?;
+        pipeline
+            .decode(&image)
+            .map_err(|e| anyhow::anyhow!("cannot decode {image_name}: {e}"))?;
         pipeline.preprocess();
         pipeline.infer()?;
         pipeline.decide();
@@ -315,6 +361,7 @@ fn child(args: &BenchArgs) -> Result<()> {
     let result = Measurement {
         model: model_path.display().to_string(),
         threads,
+        qdq,
         qdq_fused,
         frames,
         start_to_first_frame_ms: None,
@@ -394,6 +441,46 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+impl BenchArgs {
+    fn limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_side_px: self.max_side_px,
+            max_pixels: self.max_pixels,
+            ..FrameLimits::default()
+        }
+    }
+}
+
+/// Reads an image file of at most `limits.max_file_bytes` bytes.
+fn read_image(path: &Path, limits: &FrameLimits) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limits.max_file_bytes + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        bail!(
+            "image {} is larger than {} bytes; give a smaller image",
+            path.display(),
+            limits.max_file_bytes
+        );
+    }
+    Ok(bytes)
+}
+
+/// Asks Linux to end this child when the `gradgate bench` that started it ends, so a killed
+/// benchmark leaves no run behind.
+fn stop_with_parent() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        }
+    }
+}
+
 /// Resets the kernel's peak resident memory counter (VmHWM) to the current value; false
 /// where that is not supported.
 fn reset_peak_rss() -> bool {
@@ -423,11 +510,12 @@ fn print_table(results: &[Measurement], args: &BenchArgs) {
         |p| p.display().to_string(),
     );
     println!(
-        "gradgate {} on {} ({} CPU cores), image {image}, {} frames after {WARM_UP_FRAMES} warm-up; medians in ms",
+        "gradgate {} on {} ({} CPU cores), image {image}, {} frame{} after {WARM_UP_FRAMES} warm-up; medians in ms",
         env!("CARGO_PKG_VERSION"),
         cpu_name(),
         settings::cores(),
         args.frames,
+        if args.frames == 1 { "" } else { "s" },
     );
     println!();
     println!(
@@ -438,7 +526,7 @@ fn print_table(results: &[Measurement], args: &BenchArgs) {
         let name = Path::new(&r.model)
             .file_name()
             .map_or(r.model.clone(), |n| n.to_string_lossy().into_owned());
-        let name = if args.no_qdq_fusion {
+        let name = if r.qdq && !r.qdq_fused {
             format!("{name} (QDQ not fused)")
         } else {
             name

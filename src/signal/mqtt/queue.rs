@@ -869,8 +869,8 @@ fn lock_queue(lock_path: &Path, queue_path: &Path) -> Result<File, QueueError> {
 
     // A lock that names this process may be held only by a child another thread is
     // starting: the child shares the open lock file until its exec closes it. That clears
-    // within milliseconds as a rule, so such a lock is retried for up to `OWN_LOCK_RETRIES` × 10 ms
-    // before it is reported.
+    // within milliseconds as a rule, so such a lock is retried for up to
+    // `OWN_LOCK_RETRIES` × 10 ms before it is reported.
     let mut own_lock_retries = 0;
     loop {
         match lock.try_lock() {
