@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::repo;
+use common::{json_lines, repo, stderr};
 use serde_json::Value;
 use std::process::{Command, Output};
 
@@ -19,16 +19,12 @@ fn gradgate(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn measurements(output: &Output) -> Vec<Value> {
-    String::from_utf8(output.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
+const FP32: &str = "models/efficientnet-lite0-fp32.onnx";
+const INT8: &str = "models/efficientnet-lite0-int8.onnx";
 
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+/// Runs `gradgate bench --frames 1 --threads 1` with `args`.
+fn one_frame(args: &[&str]) -> Output {
+    gradgate(&[&["--frames", "1", "--threads", "1"], args].concat())
 }
 
 fn number(value: &Value, key: &str) -> f64 {
@@ -47,13 +43,12 @@ fn json_lists_each_model_and_thread_count() {
         "--threads",
         "1,2",
         "--model",
-        "models/efficientnet-lite0-fp32.onnx",
+        FP32,
         "--model",
-        "models/efficientnet-lite0-int8.onnx",
+        INT8,
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let results = measurements(&output);
-    let keys: Vec<(String, u64)> = results
+    let keys: Vec<(String, u64)> = json_lines(&output)
         .iter()
         .map(|r| {
             let model = r["model"]
@@ -66,14 +61,11 @@ fn json_lists_each_model_and_thread_count() {
             (model, r["threads"].as_u64().unwrap())
         })
         .collect();
+    let fp32 = "efficientnet-lite0-fp32.onnx".to_string();
+    let int8 = "efficientnet-lite0-int8.onnx".to_string();
     assert_eq!(
         keys,
-        [
-            ("efficientnet-lite0-fp32.onnx".to_string(), 1),
-            ("efficientnet-lite0-fp32.onnx".to_string(), 2),
-            ("efficientnet-lite0-int8.onnx".to_string(), 1),
-            ("efficientnet-lite0-int8.onnx".to_string(), 2),
-        ]
+        [(fp32.clone(), 1), (fp32, 2), (int8.clone(), 1), (int8, 2)]
     );
 }
 
@@ -87,10 +79,10 @@ fn stages_add_up_to_the_frame() {
         "--threads",
         "1",
         "--model",
-        "models/efficientnet-lite0-fp32.onnx",
+        FP32,
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let r = &measurements(&output)[0];
+    let r = &json_lines(&output)[0];
 
     // Medians of the stages need not add up to the median frame exactly, but the backbone
     // is most of it and no stage exceeds it.
@@ -117,54 +109,25 @@ fn stages_add_up_to_the_frame() {
 
 #[test]
 fn int8_is_fused_unless_asked_not_to() {
-    let model = "models/efficientnet-lite0-int8.onnx";
-    let fused = gradgate(&[
-        "--format",
-        "json",
-        "--frames",
-        "1",
-        "--threads",
-        "1",
-        "--model",
-        model,
-    ]);
+    let fused = one_frame(&["--format", "json", "--model", INT8]);
     assert!(fused.status.success(), "{}", stderr(&fused));
-    assert_eq!(measurements(&fused)[0]["qdq_fused"], true);
-    let plain = gradgate(&[
-        "--format",
-        "json",
-        "--frames",
-        "1",
-        "--threads",
-        "1",
-        "--no-qdq-fusion",
-        "--model",
-        model,
-    ]);
+    assert_eq!(json_lines(&fused)[0]["qdq_fused"], true);
+
+    let plain = one_frame(&["--format", "json", "--no-qdq-fusion", "--model", INT8]);
     assert!(plain.status.success(), "{}", stderr(&plain));
-    assert_eq!(measurements(&plain)[0]["qdq_fused"], false);
+    assert_eq!(json_lines(&plain)[0]["qdq_fused"], false);
 }
 
 #[test]
 fn nodes_lists_the_costliest_operators() {
-    let output = gradgate(&[
-        "--format",
-        "json",
-        "--frames",
-        "1",
-        "--threads",
-        "1",
-        "--nodes",
-        "3",
-        "--model",
-        "models/efficientnet-lite0-int8.onnx",
-    ]);
+    let output = one_frame(&["--format", "json", "--nodes", "3", "--model", INT8]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let r = &measurements(&output)[0];
+    let r = &json_lines(&output)[0];
     let ops = r["ops"].as_array().unwrap();
     assert_eq!(ops.len(), 3, "{r}");
-    let op_names: Vec<&str> = ops.iter().map(|op| op[0].as_str().unwrap()).collect();
+
     // The fused graph has no QuantizeLinear left among its operators.
+    let op_names: Vec<&str> = ops.iter().map(|op| op[0].as_str().unwrap()).collect();
     assert!(
         !op_names.iter().any(|op| op.contains("QuantizeLinear")),
         "{op_names:?}"
@@ -179,7 +142,7 @@ fn nodes_lists_the_costliest_operators() {
 
 #[test]
 fn text_table_names_each_model() {
-    let output = gradgate(&["--frames", "1", "--threads", "1"]);
+    let output = one_frame(&[]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
@@ -201,19 +164,9 @@ fn image_argument_is_timed() {
         .unwrap()
         .unwrap()
         .path();
-    let output = gradgate(&[
-        "--format",
-        "json",
-        "--frames",
-        "1",
-        "--threads",
-        "1",
-        "--model",
-        "models/efficientnet-lite0-fp32.onnx",
-        image.to_str().unwrap(),
-    ]);
+    let output = one_frame(&["--format", "json", "--model", FP32, image.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(measurements(&output).len(), 1);
+    assert_eq!(json_lines(&output).len(), 1);
 }
 
 #[test]
@@ -229,11 +182,7 @@ fn missing_model_is_named() {
 
 #[test]
 fn unreadable_image_is_named() {
-    let output = gradgate(&[
-        "--model",
-        "models/efficientnet-lite0-fp32.onnx",
-        "no/such/image.jpg",
-    ]);
+    let output = gradgate(&["--model", FP32, "no/such/image.jpg"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("no/such/image.jpg"),
@@ -247,15 +196,7 @@ fn corrupt_image_fails_with_the_decoder_error() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("broken.jpg");
     std::fs::write(&image, b"\xff\xd8\xff\xe0 not a jpeg").unwrap();
-    let output = gradgate(&[
-        "--frames",
-        "1",
-        "--threads",
-        "1",
-        "--model",
-        "models/efficientnet-lite0-fp32.onnx",
-        image.to_str().unwrap(),
-    ]);
+    let output = one_frame(&["--model", FP32, image.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("broken.jpg"),
@@ -283,8 +224,9 @@ fn verbose_child_logs_do_not_block() {
             "1",
             "--threads",
             "1",
+            "--model",
+            FP32,
         ])
-        .args(["--model", "models/efficientnet-lite0-fp32.onnx"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUST_LOG", "debug")
         .output()
@@ -295,7 +237,7 @@ fn verbose_child_logs_do_not_block() {
         "only {} bytes of log",
         output.stderr.len()
     );
-    assert_eq!(measurements(&output).len(), 1);
+    assert_eq!(json_lines(&output).len(), 1);
 }
 
 #[test]
@@ -303,16 +245,8 @@ fn failed_model_keeps_the_other_results() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.onnx");
     std::fs::write(&garbage, b"not a model").unwrap();
-    let output = gradgate(&[
-        "--frames",
-        "1",
-        "--threads",
-        "1",
-        "--model",
-        "models/efficientnet-lite0-fp32.onnx",
-        "--model",
-        garbage.to_str().unwrap(),
-    ]);
+    let output = one_frame(&["--model", FP32, "--model", garbage.to_str().unwrap()]);
+
     // Exit 1: some runs failed, the others are reported.
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let text = String::from_utf8(output.stdout.clone()).unwrap();
@@ -330,21 +264,11 @@ fn failed_model_keeps_the_other_results() {
 #[test]
 fn oversized_image_suggests_the_bench_limits() {
     let image = "tests/data/id/espresso-cup.jpg";
-    let small = gradgate(&[
-        "--frames",
-        "1",
-        "--threads",
-        "1",
-        "--max-side-px",
-        "100",
-        "--model",
-        "models/efficientnet-lite0-fp32.onnx",
-        image,
-    ]);
-    assert_eq!(small.status.code(), Some(2));
+    let output = one_frame(&["--max-side-px", "100", "--model", FP32, image]);
+    assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&small).contains("--max-side-px"),
+        stderr(&output).contains("--max-side-px"),
         "{}",
-        stderr(&small)
+        stderr(&output)
     );
 }

@@ -8,6 +8,7 @@ use gradgate::tensor::InputTensor;
 use gradgate::Pipeline;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 /// Returns a path relative to the repository root.
 pub fn repo(relative: &str) -> PathBuf {
@@ -70,4 +71,18 @@ pub fn infer_crop(pipeline: &mut Pipeline, crop: &Path) {
     let input: &mut InputTensor = pipeline.input_mut();
     input.fill_from_rgb8(&pixels, &spec);
     pipeline.infer().unwrap();
+}
+
+/// Parses each stdout line of a finished command as JSON.
+pub fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Returns the stderr of a finished command as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
