@@ -118,7 +118,7 @@ struct Measurement {
     /// The costliest operators: (operator, nodes, milliseconds per frame).
     #[serde(default)]
     ops: Vec<(String, usize, f64)>,
-    /// The most expensive nodes: (node, operator, milliseconds per frame).
+    /// The costliest nodes: (node, operator, milliseconds per frame).
     #[serde(default)]
     top_nodes: Vec<(String, String, f64)>,
 }
@@ -223,6 +223,7 @@ fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Resu
     if let Some(image) = &args.image {
         command.arg(image);
     }
+
     let started = Instant::now();
     let mut child = command
         .stdout(Stdio::piped())
@@ -239,6 +240,7 @@ fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Resu
         let _ = stderr_pipe.read_to_string(&mut text);
         text
     });
+
     let mut first_frame = None;
     let mut measurement = None;
     for line in BufReader::new(stdout).lines() {
@@ -249,6 +251,7 @@ fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Resu
             measurement = Some(line);
         }
     }
+
     let stderr = stderr_reader.join().unwrap_or_default();
     let status = child.wait().context("cannot wait for the benchmark run")?;
     if status.success() {
@@ -266,6 +269,7 @@ fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Resu
             model.display()
         );
     }
+
     let line = measurement.context("the benchmark run printed no result")?;
     let mut result: Measurement =
         serde_json::from_str(&line).context("cannot parse the benchmark run's result")?;
@@ -273,7 +277,7 @@ fn run_child(exe: &Path, args: &BenchArgs, model: &Path, threads: usize) -> Resu
     Ok(result)
 }
 
-/// The child: loads the model, scores one frame, reports, then times the stages.
+/// Runs the child: loads the model, scores one frame, reports, then times the stages.
 fn child(args: &BenchArgs) -> Result<()> {
     let [model_path] = args.model.as_slice() else {
         bail!("--child takes exactly one --model");
@@ -579,7 +583,7 @@ fn print_table(results: &[Measurement], args: &BenchArgs) {
     }
 }
 
-/// The CPU's model name from /proc/cpuinfo, else the architecture.
+/// Returns the CPU's model name from /proc/cpuinfo, else the architecture.
 fn cpu_name() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     info.lines()
