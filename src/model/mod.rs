@@ -297,6 +297,7 @@ impl Model {
                     reason: e.to_string(),
                 }
             })?;
+        // The head now holds its own copy of the weights.
         spec.weights = Vec::new();
         let labels = match metadata::labels(&proto, path)? {
             Some(labels) if labels.len() != head.num_classes() => {
@@ -349,10 +350,9 @@ impl Model {
             .map_err(tract_error("set the input and output of"))?;
         // Only QDQ graphs have pairs to fuse; the rewrite is skipped for the others.
         let fuse = options.fuse_qdq && qdq;
-        let mut qdq_fused = None;
-        let (plan, fallback) = match backend {
-            Backend::Cpu => (plan_for_cpu(model, path, fuse, &mut qdq_fused)?, None),
-            Backend::Cuda | Backend::Auto => plan_for_cuda(model, path, fuse, &mut qdq_fused)?,
+        let ((plan, qdq_fused), fallback) = match backend {
+            Backend::Cpu => (plan_for_cpu(model, path, fuse)?, None),
+            Backend::Cuda | Backend::Auto => plan_for_cuda(model, path, fuse)?,
         };
         if let Some(reason) = &fallback {
             log_fallback(backend, reason, path);
@@ -503,8 +503,8 @@ fn tract_failure(path: &Path, phase: &'static str) -> impl FnOnce(anyhow::Error)
     }
 }
 
-/// Optimizes the cut backbone for tract's CPU kernels and plans it; with `fuse`, rewrites
-/// its simulated quantization first and records what changed in `fused`.
+/// Optimizes the cut backbone for tract's CPU kernels and plans it. With `fuse`, rewrites its
+/// simulated quantization first and returns what the rewrite changed beside the plan.
 ///
 /// NOTE: tract's depthwise convolution takes 42% of the bundled backbone. It runs at about 2 G
 /// multiply-adds per second on x86_64, a tenth of the matrix products (docs/benchmarks.md).
@@ -512,25 +512,27 @@ fn plan_for_cpu(
     model: InferenceModel,
     path: &Path,
     fuse: bool,
-    fused: &mut Option<FuseReport>,
-) -> Result<Arc<TypedSimplePlan>, ModelError> {
+) -> Result<PlanWithReport, ModelError> {
     let decluttered = model
         .into_typed()
         .and_then(TypedModel::into_decluttered)
         .map_err(tract_failure(path, "declutter"))?;
-    optimize_decluttered(decluttered, path, fuse, fused)
+    optimize_decluttered(decluttered, path, fuse)
 }
+
+/// A tract plan and, when the QDQ rewrite ran, what it changed.
+type PlanWithReport = (Arc<TypedSimplePlan>, Option<FuseReport>);
 
 /// Optimizes and plans a decluttered graph for the CPU: the second half of [`plan_for_cpu`].
 fn optimize_decluttered(
     mut decluttered: TypedModel,
     path: &Path,
     fuse: bool,
-    fused: &mut Option<FuseReport>,
-) -> Result<Arc<TypedSimplePlan>, ModelError> {
+) -> Result<PlanWithReport, ModelError> {
     // The passes so far freed the inference graph; release it before optimizing adds the
     // packed weights, the peak of the load.
     release_freed_memory();
+    let mut fused = None;
     if fuse {
         let report =
             qdq::fuse(&mut decluttered).map_err(tract_failure(path, "rewrite the QDQ nodes of"))?;
@@ -540,13 +542,14 @@ fn optimize_decluttered(
             report.pairs,
             report.after_pad
         );
-        *fused = Some(report);
+        fused = Some(report);
     }
-    decluttered
+    let plan = decluttered
         .into_optimized()
         .map_err(tract_failure(path, "optimize"))?
         .into_runnable()
-        .map_err(tract_failure(path, "plan"))
+        .map_err(tract_failure(path, "plan"))?;
+    Ok((plan, fused))
 }
 
 /// Plans the cut backbone on the GPU, or on the CPU with the reason CUDA could not be used.
@@ -558,19 +561,19 @@ fn plan_for_cuda(
     model: InferenceModel,
     path: &Path,
     fuse: bool,
-    fused: &mut Option<FuseReport>,
-) -> Result<(Arc<TypedSimplePlan>, Option<CudaUnavailable>), ModelError> {
+) -> Result<(PlanWithReport, Option<CudaUnavailable>), ModelError> {
     if let Err(reason) = probe_cuda() {
-        return Ok((plan_for_cpu(model, path, fuse, fused)?, Some(reason)));
+        return Ok((plan_for_cpu(model, path, fuse)?, Some(reason)));
     }
     let decluttered = model
         .into_typed()
         .and_then(TypedModel::into_decluttered)
         .map_err(tract_failure(path, "declutter"))?;
     match cuda::prepare(decluttered.clone()) {
-        Ok(plan) => Ok((plan, None)),
+        // The GPU plan runs the graph as declared: the QDQ rewrite is a CPU-side change.
+        Ok(plan) => Ok(((plan, None), None)),
         Err(reason) => {
-            let plan = optimize_decluttered(decluttered, path, fuse, fused)?;
+            let plan = optimize_decluttered(decluttered, path, fuse)?;
             Ok((plan, Some(reason)))
         }
     }
